@@ -1,0 +1,20 @@
+"""olm_xp: olm's positional embeddings on every array-API backend.
+
+The pure functions live here; the olm-compatible classes in
+:mod:`olm_xp.nn.embeddings.positional`. Importing ``olm_xp`` imports no framework (torch,
+JAX, CuPy, Dask, Flax): a backend is only touched when you hand olm_xp one of its arrays.
+"""
+
+from olm_xp.absolute import add_position_embeddings, normal_table
+from olm_xp.dropout import dropout
+from olm_xp.sinusoidal import sinusoidal_table
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "add_position_embeddings",
+    "dropout",
+    "normal_table",
+    "sinusoidal_table",
+]

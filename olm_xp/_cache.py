@@ -1,0 +1,51 @@
+"""A small bounded, thread-safe cache of concrete tables (never a JAX tracer)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+from olm_xp._compat import is_concrete
+from olm_xp._typing import Array
+
+_MIN_ROWS = 64
+
+
+class GrowingTableCache:
+    """Tables keyed by plain values (namespace name, device string, dtype name, ...).
+
+    ``get(key, rows, build)`` returns a table with at least ``rows`` rows: the cached one if it
+    is long enough, else ``build(capacity)`` with ``capacity`` the next power of two, so a
+    table grows to the largest position actually used in O(log n) rebuilds. Only concrete
+    arrays are stored (a table built while ``jax.jit`` traces is used once and dropped); at most
+    ``max_entries`` keys are kept, least recently used first out.
+    """
+
+    def __init__(self, max_entries: int = 8) -> None:
+        self.max_entries = max_entries
+        self._tables: OrderedDict[Hashable, Array] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, rows: int, build: Callable[[int], Array]) -> Array:
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None and table.shape[0] >= rows:
+                self._tables.move_to_end(key)
+                return table
+        capacity = max(_MIN_ROWS, 1 << max(rows - 1, 0).bit_length())
+        table = build(capacity)
+        if is_concrete(table):
+            with self._lock:
+                self._tables[key] = table
+                self._tables.move_to_end(key)
+                while len(self._tables) > self.max_entries:
+                    self._tables.popitem(last=False)
+        return table
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tables.clear()
+
+    def __len__(self) -> int:
+        return len(self._tables)

@@ -1,0 +1,1 @@
+"""olm-compatible, framework-neutral classes (``olm_xp.nn.embeddings.positional``)."""

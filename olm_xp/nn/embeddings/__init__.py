@@ -1,0 +1,1 @@
+"""Embeddings; the positional ones live in :mod:`olm_xp.nn.embeddings.positional`."""

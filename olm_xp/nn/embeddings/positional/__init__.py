@@ -1,0 +1,16 @@
+"""olm's ``olm.nn.embeddings.positional``, written once against the array API standard.
+
+Class names, module paths, constructor parameters and ``forward`` signatures follow olm
+(``openlanguagemodel``); see the README's "Differences from olm" for where olm_xp follows the
+paper instead.
+"""
+
+from olm_xp.nn.embeddings.positional.absolute import AbsolutePositionalEmbedding
+from olm_xp.nn.embeddings.positional.base import PositionalEmbeddingBase
+from olm_xp.nn.embeddings.positional.sinusoidal import SinusoidalPositionalEmbedding
+
+__all__ = [
+    "AbsolutePositionalEmbedding",
+    "PositionalEmbeddingBase",
+    "SinusoidalPositionalEmbedding",
+]

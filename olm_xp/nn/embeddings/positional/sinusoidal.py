@@ -1,0 +1,119 @@
+"""Sinusoidal positional embedding (olm's ``SinusoidalPositionalEmbedding``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from olm_xp._cache import GrowingTableCache
+from olm_xp._compat import (
+    array_namespace,
+    compute_dtype,
+    device_key,
+    device_of,
+    dtype_name,
+    is_concrete,
+    namespace_name,
+)
+from olm_xp._typing import Array
+from olm_xp._validation import (
+    check_feature_size,
+    check_floating_input,
+    check_positions,
+    check_positive_int,
+    check_positive_number,
+)
+from olm_xp.absolute import add_position_embeddings
+from olm_xp.dropout import RandomKey
+from olm_xp.nn.embeddings.positional.base import Dropout, PositionalEmbeddingBase
+from olm_xp.sinusoidal import sinusoidal_table
+
+__all__ = ["SinusoidalPositionalEmbedding"]
+
+
+class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
+    """Sinusoidal positional embedding (Vaswani et al. 2017), olm's numbers.
+
+    ``PE(p, 2i) = sin(p / base**(2i/D))``, ``PE(p, 2i+1) = cos(p / base**(2i/D))``; odd ``D``
+    ends with a sine column. Tables are built lazily per (namespace, device, dtype), in float64
+    and rounded once, grow to the largest position used (``max_seq_len`` is a hint, not a
+    limit), are bounded and thread-safe, and never hold a JAX tracer.
+
+    Parameters
+    ----------
+    embed_dim
+        Feature size ``D``.
+    max_seq_len
+        Kept for olm compatibility; positions beyond it extend the table.
+    base
+        Wavelength base.
+    dropout
+        Dropout probability in [0, 1) applied to ``x + pe`` in training mode.
+    seed
+        Seeds the dropout stream.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        max_seq_len: int = 5000,
+        base: float = 10000,
+        dropout: float = 0.0,
+        *,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = check_positive_int("embed_dim", embed_dim)
+        self.max_seq_len = check_positive_int("max_seq_len", max_seq_len)
+        self.base = check_positive_number("base", base)
+        self.dropout = Dropout(dropout, seed=seed)
+        self._cache = GrowingTableCache()
+
+    def forward(
+        self, x: Array, seq_positions: Array | None = None, *, key: RandomKey = None
+    ) -> Array:
+        """Add the sinusoidal encoding of each position to ``x``.
+
+        Parameters
+        ----------
+        x
+            ``(batch, seq, embed_dim)`` floating array, any namespace and device.
+        seq_positions
+            Optional integer positions ``(batch, seq)`` or ``(seq,)`` (any non-negative value);
+            default ``0..seq-1``.
+        key
+            Optional randomness for this call's dropout; default: the module's seeded stream.
+
+        Returns
+        -------
+        ``x + pe`` (then dropout), with ``x``'s namespace, device, dtype and shape.
+        """
+        xp = array_namespace(x)
+        check_floating_input(xp, x, name="x", ndim=3)
+        batch, seq_len, embed_dim = x.shape
+        check_feature_size("x", embed_dim, self.embed_dim, what="embed_dim")
+        dtype = compute_dtype(xp, x.dtype)
+        if seq_positions is None:
+            rows = seq_len
+        else:
+            array_namespace(x, seq_positions)
+            check_positions(xp, seq_positions, batch=batch, seq_len=seq_len)
+            if not is_concrete(seq_positions):  # traced: compute the rows for these positions
+                pe = sinusoidal_table(seq_positions, self.embed_dim, base=self.base, dtype=dtype)
+                out = xp.astype(xp.astype(x, dtype, copy=False) + pe, x.dtype, copy=False)
+                return self.dropout(out, training=self.training, key=key)
+            rows = int(xp.max(seq_positions)) + 1 if seq_len and batch else 1
+        device = device_of(x)
+        table = self._cache.get(
+            (namespace_name(xp), device_key(device), dtype_name(dtype)),
+            rows,
+            lambda capacity: sinusoidal_table(
+                capacity, self.embed_dim, base=self.base, xp=xp, device=device, dtype=dtype
+            ),
+        )
+        out = add_position_embeddings(x, table, seq_positions)
+        return self.dropout(out, training=self.training, key=key)
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, max_seq_len={self.max_seq_len}, base={self.base:g}"
