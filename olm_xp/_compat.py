@@ -27,6 +27,7 @@ __all__ = [
     "is_concrete",
     "is_floating",
     "is_integer",
+    "is_torch_compiling",
     "namespace_name",
     "place",
     "resolve_namespace",
@@ -81,21 +82,56 @@ def resolve_namespace(xp: Any) -> ArrayNamespace:
     return xp
 
 
+def _array_kind(x: Any) -> str | None:
+    """``"numpy"``, ``"torch"`` or ``"jax"`` for those arrays (the hot, compile-sensitive
+    backends), else None. Plain ``isinstance`` checks on classes already in ``sys.modules``:
+    no ``lru_cache`` for ``torch.compile`` to warn about, and cheaper on decode-sized calls."""
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return "torch"
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(x, jax.Array):
+        return "jax"
+    return None
+
+
+_FAST_NAMESPACES = {"numpy": "array_api_compat.numpy", "torch": "array_api_compat.torch"}
+
+
 def array_namespace(*arrays: Any) -> ArrayNamespace:
     """The standard namespace of ``arrays`` (``None`` and Python scalars are ignored).
 
     Raises a TypeError naming the types when the arrays come from different libraries or
     when an argument is not an array at all.
     """
+    present = [a for a in arrays if a is not None]
+    kinds = {_array_kind(a) for a in present}
+    if len(kinds) == 1 and None not in kinds:
+        (kind,) = kinds
+        if kind == "jax":
+            return sys.modules["jax.numpy"]
+        name = _FAST_NAMESPACES[str(kind)]
+        if name not in sys.modules:
+            __import__(name)
+        return sys.modules[name]
     try:
         return array_api_compat.array_namespace(*arrays)
     except TypeError as err:
-        kinds = ", ".join(sorted({type(a).__module__ + "." + type(a).__name__ for a in arrays}))
-        raise TypeError(f"expected arrays from one array library; got {kinds} ({err})") from None
+        kinds_text = ", ".join(sorted({f"{type(a).__module__}.{type(a).__name__}" for a in present}))
+        raise TypeError(
+            f"expected arrays from one array library; got {kinds_text} ({err})"
+        ) from None
 
 
 def device_of(x: Array) -> Device:
     """The device of ``x`` (``None`` for a JAX tracer inside ``jax.jit``)."""
+    kind = _array_kind(x)
+    if kind == "torch":
+        return x.device
+    if kind == "numpy":
+        return "cpu"
     return array_api_compat.device(x)
 
 
@@ -105,11 +141,12 @@ def device_key(device: Device) -> str:
 
 
 def dtype_name(dtype: DType) -> str:
-    """``"float32"`` for every backend's float32 dtype object."""
-    text = str(dtype)
-    for prefix in ("torch.", "dtype('", "<class 'numpy."):
-        text = text.removeprefix(prefix)
-    return text.rstrip("')>")
+    """``"float32"`` for every backend's float32 dtype object (and likewise for the others)."""
+    name = getattr(dtype, "name", None)  # NumPy, JAX and CuPy dtypes
+    if isinstance(name, str):
+        return name
+    text = str(dtype).removeprefix("<class '").removeprefix("dtype('").rstrip("')>")
+    return text.rsplit(".", 1)[-1]  # torch.float32, array_api_strict.float32
 
 
 def is_floating(xp: ArrayNamespace, dtype: DType) -> bool:
@@ -156,9 +193,10 @@ def compute_dtype(xp: ArrayNamespace, dtype: DType) -> DType:
     return xp.float32
 
 
-def _jax_tracer_type() -> type | None:
-    jax = sys.modules.get("jax")
-    return None if jax is None else jax.core.Tracer
+def is_torch_compiling() -> bool:
+    """True while ``torch.compile`` (Dynamo) traces the current call."""
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.compiler.is_compiling())
 
 
 def is_concrete(x: Array) -> bool:
@@ -167,13 +205,14 @@ def is_concrete(x: Array) -> bool:
     False for JAX tracers, arrays seen while ``torch.compile`` traces, torch ``meta`` and
     fake tensors, and Dask arrays (reading them would compute the graph).
     """
-    tracer = _jax_tracer_type()
-    if tracer is not None and isinstance(x, tracer):
-        return False
-    if array_api_compat.is_torch_array(x):
-        import torch  # the caller already uses torch
-
-        if torch.compiler.is_compiling() or x.device.type == "meta":
+    kind = _array_kind(x)
+    if kind == "numpy":
+        return True
+    if kind == "jax":
+        return not isinstance(x, sys.modules["jax"].core.Tracer)
+    if kind == "torch":
+        torch = sys.modules["torch"]
+        if is_torch_compiling() or x.device.type == "meta":
             return False
         return not isinstance(x, torch._subclasses.fake_tensor.FakeTensor)
     return not array_api_compat.is_dask_array(x)
@@ -181,11 +220,11 @@ def is_concrete(x: Array) -> bool:
 
 def to_numpy(x: Any) -> np.ndarray[Any, Any]:
     """A host NumPy copy of an array from any backend and device (detached from autograd)."""
-    if isinstance(x, np.ndarray):
-        return x
-    if array_api_compat.is_torch_array(x):
-        import torch  # the caller already uses torch
-
+    kind = _array_kind(x)
+    if kind == "numpy":
+        return x  # type: ignore[no-any-return]
+    if kind == "torch":
+        torch = sys.modules["torch"]
         host = x.detach().to("cpu")
         if host.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds it exactly
             host = host.to(torch.float32)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from olm_xp._compat import array_namespace, is_concrete, namespace_name
+from olm_xp._compat import array_namespace, device_of, is_concrete, namespace_name
 from olm_xp._typing import Array, ArrayNamespace
 from olm_xp._validation import check_probability
 
@@ -48,7 +48,7 @@ def _keep_mask(xp: ArrayNamespace, x: Array, keep_prob: float, key: RandomKey) -
         with x.device:
             return cupy.random.default_rng(key).random(shape, dtype=cupy.float32) < keep_prob
     host = np.random.default_rng(key).random(shape, dtype=np.float32) < keep_prob
-    return xp.asarray(host, device=x.device)
+    return xp.asarray(host, device=device_of(x))
 
 
 def dropout(x: Array, rate: float, *, key: RandomKey, training: bool = True) -> Array:
@@ -78,5 +78,4 @@ def dropout(x: Array, rate: float, *, key: RandomKey, training: bool = True) -> 
             "into the compiled function"
         )
     keep = _keep_mask(xp, x, 1.0 - rate, key)
-    scale = xp.asarray(1.0 / (1.0 - rate), dtype=x.dtype, device=x.device)
-    return xp.where(keep, x * scale, xp.zeros_like(x))
+    return xp.where(keep, x * (1.0 / (1.0 - rate)), xp.zeros_like(x))

@@ -3,7 +3,7 @@
 ``PE[p, 2j] = sin(p * base**(-2j/D))`` and ``PE[p, 2j+1] = cos(p * base**(-2j/D))``. For odd
 ``D`` the last column is a sine (olm drops the last cosine). Angles and sines are computed in
 float64 and rounded once to the requested dtype, so every entry is correctly rounded at any
-position -- olm computes the angle in float32, which is off by up to ``p * 2**-24`` radians.
+position -- olm computes the angle in float32, which is off by a few times ``p * 2**-24`` radians.
 """
 
 from __future__ import annotations

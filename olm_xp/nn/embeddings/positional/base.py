@@ -19,6 +19,7 @@ from olm_xp._compat import (
     default_float_dtype,
     device_of,
     dtype_name,
+    has_float64,
     place,
     resolve_namespace,
 )
@@ -193,8 +194,13 @@ class PositionalEmbeddingBase(ABC):
         same_xp = new_xp is self.xp
         new_device = device if device is not None or not same_xp else self.device
         new_dtype = dtype
-        if new_dtype is None:
-            new_dtype = self.dtype if same_xp else getattr(new_xp, dtype_name(self.dtype))
+        if new_dtype is None and same_xp:
+            new_dtype = self.dtype
+        elif new_dtype is None:  # same dtype by name where the new device has it
+            name = dtype_name(self.dtype)
+            if name == "float64" and not has_float64(new_xp, new_device):
+                name = "float32"
+            new_dtype = getattr(new_xp, name)
         moved = {
             name: place(table.weight, new_xp, new_device, new_dtype)
             for name, table in self._tables().items()

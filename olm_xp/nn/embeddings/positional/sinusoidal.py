@@ -14,6 +14,7 @@ from olm_xp._compat import (
     device_of,
     dtype_name,
     is_concrete,
+    is_torch_compiling,
     namespace_name,
 )
 from olm_xp._typing import Array
@@ -94,17 +95,20 @@ class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
         batch, seq_len, embed_dim = x.shape
         check_feature_size("x", embed_dim, self.embed_dim, what="embed_dim")
         dtype = compute_dtype(xp, x.dtype)
-        if seq_positions is None:
-            rows = seq_len
-        else:
+        device = device_of(x)
+        if seq_positions is not None:
             array_namespace(x, seq_positions)
             check_positions(xp, seq_positions, batch=batch, seq_len=seq_len)
-            if not is_concrete(seq_positions):  # traced: compute the rows for these positions
-                pe = sinusoidal_table(seq_positions, self.embed_dim, base=self.base, dtype=dtype)
-                out = xp.astype(xp.astype(x, dtype, copy=False) + pe, x.dtype, copy=False)
-                return self.dropout(out, training=self.training, key=key)
-            rows = int(xp.max(seq_positions)) + 1 if seq_len and batch else 1
-        device = device_of(x)
+        elif is_torch_compiling():  # Dynamo cannot enter the cache: build the rows in-graph
+            seq_positions = xp.arange(seq_len, device=device)
+        if seq_positions is not None and not is_concrete(seq_positions):
+            pe = sinusoidal_table(seq_positions, self.embed_dim, base=self.base, dtype=dtype)
+            out = xp.astype(xp.astype(x, dtype, copy=False) + pe, x.dtype, copy=False)
+            return self.dropout(out, training=self.training, key=key)
+        if seq_positions is None:
+            rows = seq_len
+        else:  # concrete: grow the table to the largest position (empty positions need none)
+            rows = int(xp.max(seq_positions)) + 1 if seq_positions.shape[-1] else 0
         table = self._cache.get(
             (namespace_name(xp), device_key(device), dtype_name(dtype)),
             rows,
