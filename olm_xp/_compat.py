@@ -88,11 +88,11 @@ def _array_kind(x: Any) -> str | None:
     no ``lru_cache`` for ``torch.compile`` to warn about, and cheaper on decode-sized calls."""
     if isinstance(x, np.ndarray):
         return "numpy"
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
+    tensor = getattr(sys.modules.get("torch"), "Tensor", None)
+    if tensor is not None and isinstance(x, tensor):
         return "torch"
-    jax = sys.modules.get("jax")
-    if jax is not None and isinstance(x, jax.Array):
+    jax_array = getattr(sys.modules.get("jax"), "Array", None)
+    if jax_array is not None and isinstance(x, jax_array):
         return "jax"
     return None
 
@@ -119,7 +119,9 @@ def array_namespace(*arrays: Any) -> ArrayNamespace:
     try:
         return array_api_compat.array_namespace(*arrays)
     except TypeError as err:
-        kinds_text = ", ".join(sorted({f"{type(a).__module__}.{type(a).__name__}" for a in present}))
+        kinds_text = ", ".join(
+            sorted({f"{type(a).__module__}.{type(a).__name__}" for a in present})
+        )
         raise TypeError(
             f"expected arrays from one array library; got {kinds_text} ({err})"
         ) from None
@@ -167,7 +169,8 @@ def has_float64(xp: ArrayNamespace, device: Device) -> bool:
     if namespace_name(xp) == "jax":
         import jax  # the caller already uses JAX
 
-        return bool(jax.config.read("jax_enable_x64"))
+        enabled = jax.config.read("jax_enable_x64")  # type: ignore[no-untyped-call, unused-ignore]
+        return bool(enabled)
     try:
         dtypes = _info(xp).dtypes(device=device, kind="real floating")
     except (TypeError, ValueError):  # devices some backends' info does not know (torch meta)
@@ -195,8 +198,8 @@ def compute_dtype(xp: ArrayNamespace, dtype: DType) -> DType:
 
 def is_torch_compiling() -> bool:
     """True while ``torch.compile`` (Dynamo) traces the current call."""
-    torch = sys.modules.get("torch")
-    return torch is not None and bool(torch.compiler.is_compiling())
+    compiler = getattr(sys.modules.get("torch"), "compiler", None)
+    return compiler is not None and bool(compiler.is_compiling())
 
 
 def is_concrete(x: Array) -> bool:

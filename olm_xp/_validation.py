@@ -28,27 +28,30 @@ def check_positive_int(name: str, value: Any) -> int:
     """``value`` as an int > 0, or a TypeError/ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a positive int; got {type(value).__name__} {value!r}")
-    if value <= 0:
+    as_int = int(value)
+    if as_int <= 0:
         raise ValueError(f"{name} must be a positive int (> 0); got {value}")
-    return int(value)
+    return as_int
 
 
 def check_positive_number(name: str, value: Any) -> float:
     """``value`` as a finite float > 0, or a TypeError/ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a positive number; got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and value > 0):
+    as_float = float(value)
+    if not (math.isfinite(as_float) and as_float > 0):
         raise ValueError(f"{name} must be a finite number > 0; got {value}")
-    return float(value)
+    return as_float
 
 
 def check_probability(name: str, value: Any) -> float:
     """A dropout rate in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float in [0, 1); got {type(value).__name__} {value!r}")
-    if not 0.0 <= value < 1.0:
+    as_float = float(value)
+    if not 0.0 <= as_float < 1.0:
         raise ValueError(f"{name} must be in [0, 1); got {value}")
-    return float(value)
+    return as_float
 
 
 def check_floating_input(xp: ArrayNamespace, x: Array, *, name: str, ndim: int) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["absolute_reference", "sinusoidal_reference"]
+__all__ = ["absolute_reference", "float64_allowance_eps", "sinusoidal_reference"]
 
 Float64Array = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -32,9 +32,20 @@ def sinusoidal_reference(positions: Any, embed_dim: int, base: float = 10000.0) 
     return out
 
 
+def float64_allowance_eps(max_angle: float) -> float:
+    """Extra tolerance, in float64 eps, when a float64 result is compared with this reference.
+
+    A float64 reference is not exact for a float64 result: both compute an angle ``p * w`` in
+    float64, each off by up to ``|angle| * 2**-53`` radians, so sines of angles up to
+    ``max_angle`` may differ by about ``max_angle`` eps plus their own rounding. For float32 and
+    narrower dtypes the reference is exact to far below the result's eps and needs no allowance.
+    """
+    return 2.0 * max_angle + 2.0
+
+
 def absolute_reference(x: Any, table: Any, positions: Any = None) -> Float64Array:
     """``x + table[positions]`` in float64; ``positions=None`` means ``0..seq-1``."""
     x = np.asarray(x, dtype=np.float64)
     table = np.asarray(table, dtype=np.float64)
     p = np.arange(x.shape[1]) if positions is None else np.asarray(positions)
-    return x + table[p]
+    return np.asarray(x + table[p], dtype=np.float64)

@@ -95,8 +95,10 @@ def test_to_moves_the_table(placement):
 def test_train_eval_and_repr():
     module = AbsolutePositionalEmbedding(5, 2, dropout=0.25)
     assert module.training
-    assert module.eval() is module and not module.training
-    assert module.train() is module and module.training
+    assert module.eval() is module
+    assert not module.training
+    assert module.train() is module
+    assert module.training
     text = repr(module)
     assert text.startswith("AbsolutePositionalEmbedding(")
     assert "(pos_embedding): Embedding(5, 2)" in text

@@ -100,7 +100,8 @@ def test_x_and_table_in_different_namespaces(placement):
     module = AbsolutePositionalEmbedding(8, 4)  # NumPy table
     with pytest.raises(
         TypeError,
-        match=r"x is a \w+ array but pos_embedding.weight is a numpy array; move the module with .to\(xp=",
+        match=r"x is a \w+ array but pos_embedding.weight is a numpy array; move the module "
+        r"with .to\(xp=",
     ):
         module(placement.asarray(np.zeros((1, 3, 4))))
 
@@ -114,7 +115,8 @@ def test_x_and_table_on_different_devices(placement):
     module.to(xp=placement.xp, device=placement.device_named(other))
     with pytest.raises(
         ValueError,
-        match=r"x is on device .* but pos_embedding.weight is on device .*; move the module with .to\(device=",
+        match=r"x is on device .* but pos_embedding.weight is on device .*; move the module "
+        r"with .to\(device=",
     ):
         module(placement.asarray(np.zeros((1, 3, 4))))
 

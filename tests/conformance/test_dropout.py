@@ -83,7 +83,7 @@ def test_dropout_under_jit_needs_a_jax_key(placement):
     import jax
 
     x = placement.asarray(np.ones((2, 3)))
-    with pytest.raises(TypeError, match="jax.random.key"):
+    with pytest.raises(TypeError, match=r"jax\.random\.key"):
         jax.jit(lambda a: dropout(a, 0.5, key=3))(x)
     module = SinusoidalPositionalEmbedding(3, dropout=0.5)
     with pytest.raises(TypeError, match="key"):

@@ -127,7 +127,7 @@ def test_threads_share_one_module(placement, rng):
                     module(x, positions), expected, tol_eps=SUM_TOL_EPS, max_angle=40
                 )
                 module(placement.asarray(np.zeros((1, length, 16))))
-        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+        except BaseException as err:
             errors.append(err)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in (10, 100, 1000, 3000)]

@@ -163,7 +163,7 @@ class PositionalEmbeddingBase(ABC):
                     f"load_state_dict for {type(self).__name__}: {key} must be a real floating "
                     f"array; got {type(value).__name__} of dtype {getattr(value, 'dtype', None)}"
                 )
-            assert self.xp is not None  # noqa: S101 - a module with tables has a placement
+            assert self.xp is not None
             placed[key] = place(value, self.xp, self.device, self.dtype)
         tables = self._tables()
         for key, array in placed.items():

@@ -33,7 +33,9 @@ def test_fullgraph_compile_matches_eager(name, with_positions):
     torch.testing.assert_close(compiled(*args), eager, rtol=0, atol=0)
     # A new position offset (the next decode step) must not need a new graph.
     if with_positions:
-        torch.testing.assert_close(compiled(x, torch.arange(12) + 41), module(x, torch.arange(12) + 41))
+        torch.testing.assert_close(
+            compiled(x, torch.arange(12) + 41), module(x, torch.arange(12) + 41)
+        )
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
