@@ -97,9 +97,6 @@ def _array_kind(x: Any) -> str | None:
     return None
 
 
-_FAST_NAMESPACES = {"numpy": "array_api_compat.numpy", "torch": "array_api_compat.torch"}
-
-
 def array_namespace(*arrays: Any) -> ArrayNamespace:
     """The standard namespace of ``arrays`` (``None`` and Python scalars are ignored).
 
@@ -110,12 +107,16 @@ def array_namespace(*arrays: Any) -> ArrayNamespace:
     kinds = {_array_kind(a) for a in present}
     if len(kinds) == 1 and None not in kinds:
         (kind,) = kinds
-        if kind == "jax":
-            return sys.modules["jax.numpy"]
-        name = _FAST_NAMESPACES[str(kind)]
-        if name not in sys.modules:
-            __import__(name)
-        return sys.modules[name]
+        # Import statements (not __import__/importlib): Dynamo can trace those.
+        if kind == "torch":
+            import array_api_compat.torch as compat_torch
+
+            return compat_torch
+        if kind == "numpy":
+            import array_api_compat.numpy as compat_numpy
+
+            return compat_numpy
+        return sys.modules["jax.numpy"]
     try:
         return array_api_compat.array_namespace(*arrays)
     except TypeError as err:

@@ -95,11 +95,13 @@ def check_positions(
     *,
     batch: int,
     seq_len: int,
+    device: Any = None,
     limit: int | None = None,
     limit_name: str = "max_seq_len",
     name: str = "seq_positions",
 ) -> None:
-    """Integer positions of shape ``(seq,)`` or ``(batch or 1, seq)``, all in ``[0, limit)``.
+    """Integer positions of shape ``(seq,)`` or ``(batch or 1, seq)`` on ``device`` (x's),
+    all in ``[0, limit)``.
 
     Values are read only where ``positions`` is concrete (not traced, compiled or lazy).
     """
@@ -116,6 +118,10 @@ def check_positions(
         raise ValueError(
             f"{name} must have shape ({seq_len},) or ({batch}, {seq_len}) to fit x; got {shape}"
         )
+    positions_device = device_of(positions)
+    known = device is not None and positions_device is not None
+    if known and device_key(positions_device) != device_key(device):
+        raise ValueError(f"{name} must be on x's device {device}; got device {positions_device}")
     if not is_concrete(positions) or math.prod(shape) == 0:
         return
     low = int(xp.min(positions))

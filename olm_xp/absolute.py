@@ -11,7 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from olm_xp._compat import array_namespace, compute_dtype, default_float_dtype, resolve_namespace
+from olm_xp._compat import (
+    array_namespace,
+    compute_dtype,
+    default_float_dtype,
+    device_of,
+    resolve_namespace,
+)
 from olm_xp._typing import Array, Device, DType
 from olm_xp._validation import (
     check_feature_size,
@@ -77,7 +83,9 @@ def add_position_embeddings(x: Array, table: Array, positions: Array | None = No
             )
         rows = table[None, :seq_len, :]
     else:
-        check_positions(xp, positions, batch=batch, seq_len=seq_len, limit=num_positions)
+        check_positions(
+            xp, positions, batch=batch, seq_len=seq_len, device=device_of(x), limit=num_positions
+        )
         flat = xp.take(table, xp.reshape(positions, (-1,)), axis=0)
         rows = xp.reshape(flat, (*positions.shape, embed_dim))
     work_dtype = compute_dtype(xp, x.dtype)

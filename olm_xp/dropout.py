@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from olm_xp._compat import array_namespace, device_of, is_concrete, namespace_name
+from olm_xp._compat import (
+    array_namespace,
+    device_of,
+    is_concrete,
+    is_torch_compiling,
+    namespace_name,
+)
 from olm_xp._typing import Array, ArrayNamespace
 from olm_xp._validation import check_probability
 
@@ -40,6 +46,7 @@ def _keep_mask(xp: ArrayNamespace, x: Array, keep_prob: float, key: RandomKey) -
             return torch.empty(shape, dtype=torch.bool, device=x.device)
         if isinstance(key, numbers.Integral):
             key = torch.Generator(device=x.device).manual_seed(int(key))
+        # key None (only while torch.compile traces): torch's global generator.
         uniform = torch.rand(shape, generator=key, device=x.device, dtype=torch.float32)
         return uniform < keep_prob
     if name == "cupy":
@@ -63,13 +70,14 @@ def dropout(x: Array, rate: float, *, key: RandomKey, training: bool = True) -> 
     key
         Randomness: an int seed, a ``numpy.random.Generator``, a JAX PRNG key (required inside
         ``jax.jit``: a host seed would bake one fixed mask into the compiled function) or a
-        ``torch.Generator`` on ``x``'s device.
+        ``torch.Generator`` on ``x``'s device. Under ``torch.compile`` ``key=None`` draws from
+        torch's global generator (seeded by ``torch.manual_seed``), fresh on every call.
     """
     rate = check_probability("rate", rate)
     if not training or rate == 0.0:
         return x
     xp = array_namespace(x)
-    if key is None:
+    if key is None and not is_torch_compiling():
         raise TypeError("dropout needs key=: an int seed, a numpy Generator or a JAX/torch key")
     if namespace_name(xp) == "jax" and not is_concrete(x) and not hasattr(key, "dtype"):
         raise TypeError(

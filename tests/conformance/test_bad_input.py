@@ -121,6 +121,18 @@ def test_x_and_table_on_different_devices(placement):
         module(placement.asarray(np.zeros((1, 3, 4))))
 
 
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_positions_on_another_device(placement, name):
+    devices = placement.profile.devices
+    if len(devices) < 2:
+        pytest.skip("needs a second device")
+    other = placement.device_named(next(d for d in devices if d != placement.device_name))
+    module = _module(name, placement)
+    positions = placement.xp.asarray(np.arange(3), dtype=placement.index_dtype, device=other)
+    with pytest.raises(ValueError, match=r"seq_positions must be on x's device .*; got device"):
+        module(placement.asarray(np.zeros((1, 3, 4))), positions)
+
+
 def test_pure_function_mixed_namespaces(placement):
     if placement.profile.module == "numpy":
         pytest.skip("needs a non-NumPy backend")

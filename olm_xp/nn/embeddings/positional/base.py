@@ -20,6 +20,7 @@ from olm_xp._compat import (
     device_of,
     dtype_name,
     has_float64,
+    is_torch_compiling,
     place,
     resolve_namespace,
 )
@@ -53,6 +54,8 @@ class Dropout:
 
     Each training-mode call without an explicit ``key`` draws a fresh seed from the stream, so
     a module built with ``seed=s`` drops the same elements in the same calls on every run.
+    Under ``torch.compile`` the mask comes from torch's global generator instead (a host seed
+    would be frozen into the graph).
     """
 
     def __init__(self, p: float = 0.0, *, seed: int | np.random.Generator | None = None) -> None:
@@ -62,7 +65,7 @@ class Dropout:
     def __call__(self, x: Array, *, training: bool, key: RandomKey = None) -> Array:
         if not training or self.p == 0.0:
             return x
-        if key is None:
+        if key is None and not is_torch_compiling():  # compiled: torch's global generator
             key = int(self._rng.integers(0, 2**31 - 1))
         return dropout(x, self.p, key=key)
 

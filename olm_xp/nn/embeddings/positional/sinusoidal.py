@@ -96,7 +96,7 @@ class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
         device = device_of(x)
         if seq_positions is not None:
             array_namespace(x, seq_positions)
-            check_positions(xp, seq_positions, batch=batch, seq_len=seq_len)
+            check_positions(xp, seq_positions, batch=batch, seq_len=seq_len, device=device)
         elif is_torch_compiling():  # Dynamo cannot enter the cache: build the rows in-graph
             seq_positions = xp.arange(seq_len, device=device)
         if seq_positions is not None and not is_concrete(seq_positions):
