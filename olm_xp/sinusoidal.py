@@ -8,27 +8,23 @@ position -- olm computes the angle in float32, which is off by a few times ``p *
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
+from olm_xp._angles import cos_sin
 from olm_xp._compat import (
     array_namespace,
     default_float_dtype,
     device_of,
-    has_float64,
-    is_concrete,
+    dtype_name,
     is_integer,
     resolve_namespace,
-    to_numpy,
 )
 from olm_xp._typing import Array, ArrayNamespace, Device, DType
 from olm_xp._validation import check_positive_int, check_positive_number
 
 __all__ = ["sinusoidal_table"]
-
-_DIGIT_BITS = 8  # positions split into bytes for the float64-free traced path
 
 
 def _inverse_frequencies(embed_dim: int, base: float) -> np.ndarray[Any, Any]:
@@ -41,45 +37,6 @@ def _interleave(xp: ArrayNamespace, sin: Array, cos: Array, embed_dim: int) -> A
     pairs = xp.stack((sin, cos), axis=-1)
     flat = xp.reshape(pairs, (*pairs.shape[:-2], 2 * pairs.shape[-2]))
     return flat[..., :embed_dim]
-
-
-def _float64_table(xp: ArrayNamespace, positions: Array, embed_dim: int, base: float) -> Array:
-    """The table for integer ``positions`` (any shape) computed in float64 with ``xp``."""
-    inv_freq = xp.asarray(
-        _inverse_frequencies(embed_dim, base), dtype=xp.float64, device=device_of(positions)
-    )
-    angles = xp.astype(positions, xp.float64)[..., None] * inv_freq
-    return _interleave(xp, xp.sin(angles), xp.cos(angles), embed_dim)
-
-
-def _digit_table(
-    xp: ArrayNamespace, positions: Array, embed_dim: int, base: float, dtype: DType
-) -> Array:
-    """The table for traced positions where the device has no float64 (JAX without x64).
-
-    A position is split into bytes ``p = sum_k d_k * 256**k``; the rotation for each byte is
-    looked up in a 256-row float64-exact table and the rotations are composed with the
-    angle-addition formulas in float32. Error: a few float32 ulp, independent of ``p``.
-    """
-    device = device_of(positions)
-    inv_freq = _inverse_frequencies(embed_dim, base)
-    digits = np.arange(1 << _DIGIT_BITS, dtype=np.float64)[:, None]
-
-    def rotation_of_digit(level: int) -> tuple[Array, Array]:
-        shift = level * _DIGIT_BITS
-        digit = xp.reshape((positions >> shift) & ((1 << _DIGIT_BITS) - 1), (-1,))
-        angles = digits * (inv_freq * float(2**shift))
-        cos = xp.asarray(np.cos(angles), dtype=dtype, device=device)
-        sin = xp.asarray(np.sin(angles), dtype=dtype, device=device)
-        return xp.take(cos, digit, axis=0), xp.take(sin, digit, axis=0)
-
-    levels = math.ceil(xp.iinfo(positions.dtype).bits / _DIGIT_BITS)
-    cos, sin = rotation_of_digit(0)
-    for level in range(1, levels):
-        level_cos, level_sin = rotation_of_digit(level)
-        cos, sin = cos * level_cos - sin * level_sin, sin * level_cos + cos * level_sin
-    shape = (*positions.shape, inv_freq.shape[0])
-    return _interleave(xp, xp.reshape(sin, shape), xp.reshape(cos, shape), embed_dim)
 
 
 def sinusoidal_table(
@@ -117,20 +74,17 @@ def sinusoidal_table(
     embed_dim = check_positive_int("embed_dim", embed_dim)
     base = check_positive_number("base", base)
     if isinstance(positions, int) and not isinstance(positions, bool):
-        num_positions = check_positive_int("positions", positions)
+        positions = check_positive_int("positions", positions)
         xp = resolve_namespace(xp)
-        dtype = default_float_dtype(xp, device) if dtype is None else dtype
-        host = _float64_table(np, np.arange(num_positions), embed_dim, base)
-        return xp.asarray(host, dtype=dtype, device=device)
-
-    xp = array_namespace(positions)
-    if not is_integer(xp, positions.dtype):
-        raise TypeError(f"positions must be an int or an integer array; got {positions.dtype}")
-    device = device_of(positions)
+    else:
+        xp = array_namespace(positions)
+        if not is_integer(xp, positions.dtype):
+            raise TypeError(
+                f"positions must be an int or an integer array; got {dtype_name(positions.dtype)}"
+            )
+        device = device_of(positions)
     dtype = default_float_dtype(xp, device) if dtype is None else dtype
-    if has_float64(xp, device):
-        return xp.astype(_float64_table(xp, positions, embed_dim, base), dtype)
-    if is_concrete(positions):
-        host = _float64_table(np, to_numpy(positions), embed_dim, base)
-        return xp.asarray(host, dtype=dtype, device=device)
-    return xp.astype(_digit_table(xp, positions, embed_dim, base, xp.float32), dtype)
+    cos, sin = cos_sin(
+        positions, _inverse_frequencies(embed_dim, base), xp=xp, device=device, dtype=dtype
+    )
+    return _interleave(xp, sin, cos, embed_dim)

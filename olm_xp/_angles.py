@@ -1,0 +1,96 @@
+"""cos/sin of integer positions times frequencies, correctly rounded, on any backend.
+
+The one place angles ``p * w`` become arrays. Sinusoidal tables and RoPE tables both come
+from :func:`cos_sin`, which picks the most exact path the input allows:
+
+* positions given as an int ``n`` (``0..n-1``) or as a concrete array on a device without
+  float64: computed on the host in float64 and rounded once to ``dtype``;
+* an array on a device with float64 (traced or not): computed in-graph in float64, rounded once;
+* traced positions on a device without float64 (JAX with x64 off, torch MPS): each position is
+  split into bytes, each byte's rotation is looked up in a 256-row float64-exact table, and the
+  rotations are composed with the angle-addition formulas in float32. Error: a few float32 ulp,
+  independent of the position.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from olm_xp._compat import device_of, has_float64, is_concrete, to_numpy
+from olm_xp._typing import Array, ArrayNamespace, Device, DType
+
+__all__ = ["cos_sin"]
+
+_DIGIT_BITS = 8
+
+HostArray = np.ndarray[Any, Any]
+
+
+def _float64_cos_sin(
+    xp: ArrayNamespace, positions: Array, inv_freq: HostArray, scale: float, device: Device
+) -> tuple[Array, Array]:
+    frequencies = xp.asarray(inv_freq, dtype=xp.float64, device=device)
+    angles = xp.astype(positions, xp.float64)[..., None] * frequencies
+    return xp.cos(angles) * scale, xp.sin(angles) * scale
+
+
+def _digit_cos_sin(
+    xp: ArrayNamespace, positions: Array, inv_freq: HostArray, scale: float, dtype: DType
+) -> tuple[Array, Array]:
+    device = device_of(positions)
+    digits = np.arange(1 << _DIGIT_BITS, dtype=np.float64)[:, None]
+    flat_shape = (-1,)
+
+    def rotation_of_digit(level: int) -> tuple[Array, Array]:
+        shift = level * _DIGIT_BITS
+        digit = xp.reshape((positions >> shift) & ((1 << _DIGIT_BITS) - 1), flat_shape)
+        angles = digits * (inv_freq * float(2**shift))
+        cos = xp.asarray(np.cos(angles), dtype=dtype, device=device)
+        sin = xp.asarray(np.sin(angles), dtype=dtype, device=device)
+        return xp.take(cos, digit, axis=0), xp.take(sin, digit, axis=0)
+
+    levels = math.ceil(xp.iinfo(positions.dtype).bits / _DIGIT_BITS)
+    cos, sin = rotation_of_digit(0)
+    for level in range(1, levels):
+        level_cos, level_sin = rotation_of_digit(level)
+        cos, sin = cos * level_cos - sin * level_sin, sin * level_cos + cos * level_sin
+    shape = (*positions.shape, inv_freq.shape[0])
+    return xp.reshape(cos, shape) * scale, xp.reshape(sin, shape) * scale
+
+
+def cos_sin(
+    positions: int | Array,
+    inv_freq: HostArray,
+    *,
+    xp: ArrayNamespace,
+    device: Device,
+    dtype: DType,
+    scale: float = 1.0,
+) -> tuple[Array, Array]:
+    """``scale * cos(p * w)`` and ``scale * sin(p * w)``, each ``(*P, len(w))`` in ``dtype``.
+
+    ``positions`` is an int ``n`` (for ``0..n-1``, with ``xp``/``device`` placing the result)
+    or an integer array of shape ``P`` in namespace ``xp`` (the result follows its device);
+    ``inv_freq`` is a float64 NumPy array of frequencies ``w``; ``scale`` multiplies both
+    before the single rounding to ``dtype``.
+    """
+    inv_freq = np.asarray(inv_freq, dtype=np.float64)
+
+    def on_host(host_positions: HostArray, device: Device) -> tuple[Array, Array]:
+        angles = host_positions.astype(np.float64)[..., None] * inv_freq
+        cos = xp.asarray(np.cos(angles) * scale, dtype=dtype, device=device)
+        return cos, xp.asarray(np.sin(angles) * scale, dtype=dtype, device=device)
+
+    if isinstance(positions, int):
+        return on_host(np.arange(positions), device)
+    device = device_of(positions)
+    if has_float64(xp, device):
+        cos, sin = _float64_cos_sin(xp, positions, inv_freq, scale, device)
+    elif is_concrete(positions):
+        return on_host(to_numpy(positions), device)
+    else:
+        cos, sin = _digit_cos_sin(xp, positions, inv_freq, scale, xp.float32)
+    return xp.astype(cos, dtype, copy=False), xp.astype(sin, dtype, copy=False)
