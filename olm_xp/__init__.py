@@ -7,14 +7,21 @@ JAX, CuPy, Dask, Flax): a backend is only touched when you hand olm_xp one of it
 
 from olm_xp.absolute import add_position_embeddings, normal_table
 from olm_xp.dropout import dropout
+from olm_xp.rope import apply_rope, rope, rope_cos_sin
+from olm_xp.rope_frequencies import ROPE_TYPES, rope_inverse_frequencies
 from olm_xp.sinusoidal import sinusoidal_table
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ROPE_TYPES",
     "__version__",
     "add_position_embeddings",
+    "apply_rope",
     "dropout",
     "normal_table",
+    "rope",
+    "rope_cos_sin",
+    "rope_inverse_frequencies",
     "sinusoidal_table",
 ]

@@ -15,6 +15,7 @@ from :func:`cos_sin`, which picks the most exact path the input allows:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,23 +23,49 @@ import numpy as np
 from olm_xp._compat import device_of, has_float64, is_concrete, to_numpy
 from olm_xp._typing import Array, ArrayNamespace, Device, DType
 
-__all__ = ["cos_sin"]
+__all__ = ["Decay", "cos_sin"]
 
 _DIGIT_BITS = 8
 
 HostArray = np.ndarray[Any, Any]
 
 
+@dataclass(frozen=True)
+class Decay:
+    """An amplitude ``exp((p - center) * log_rate[i])`` per position and frequency (xPos)."""
+
+    log_rate: HostArray
+    center: float = 0.0
+
+
+def _amplitude(
+    xp: ArrayNamespace, positions: Array, decay: Decay | None, scale: float, dtype: DType
+) -> Array | float:
+    """``scale`` times the decay amplitude, computed in ``dtype`` with ``xp``."""
+    if decay is None:
+        return scale
+    device = device_of(positions)
+    rate = xp.asarray(decay.log_rate, dtype=dtype, device=device)
+    shifted = xp.astype(positions, dtype)[..., None] - decay.center
+    return xp.exp(shifted * rate) * scale
+
+
 def _float64_cos_sin(
-    xp: ArrayNamespace, positions: Array, inv_freq: HostArray, scale: float, device: Device
+    xp: ArrayNamespace, positions: Array, inv_freq: HostArray, scale: float, decay: Decay | None
 ) -> tuple[Array, Array]:
-    frequencies = xp.asarray(inv_freq, dtype=xp.float64, device=device)
+    frequencies = xp.asarray(inv_freq, dtype=xp.float64, device=device_of(positions))
     angles = xp.astype(positions, xp.float64)[..., None] * frequencies
-    return xp.cos(angles) * scale, xp.sin(angles) * scale
+    amplitude = _amplitude(xp, positions, decay, scale, xp.float64)
+    return xp.cos(angles) * amplitude, xp.sin(angles) * amplitude
 
 
 def _digit_cos_sin(
-    xp: ArrayNamespace, positions: Array, inv_freq: HostArray, scale: float, dtype: DType
+    xp: ArrayNamespace,
+    positions: Array,
+    inv_freq: HostArray,
+    scale: float,
+    decay: Decay | None,
+    dtype: DType,
 ) -> tuple[Array, Array]:
     device = device_of(positions)
     digits = np.arange(1 << _DIGIT_BITS, dtype=np.float64)[:, None]
@@ -58,7 +85,8 @@ def _digit_cos_sin(
         level_cos, level_sin = rotation_of_digit(level)
         cos, sin = cos * level_cos - sin * level_sin, sin * level_cos + cos * level_sin
     shape = (*positions.shape, inv_freq.shape[0])
-    return xp.reshape(cos, shape) * scale, xp.reshape(sin, shape) * scale
+    amplitude = _amplitude(xp, positions, decay, scale, dtype)
+    return xp.reshape(cos, shape) * amplitude, xp.reshape(sin, shape) * amplitude
 
 
 def cos_sin(
@@ -69,28 +97,30 @@ def cos_sin(
     device: Device,
     dtype: DType,
     scale: float = 1.0,
+    decay: Decay | None = None,
 ) -> tuple[Array, Array]:
-    """``scale * cos(p * w)`` and ``scale * sin(p * w)``, each ``(*P, len(w))`` in ``dtype``.
+    """``a * cos(p * w)`` and ``a * sin(p * w)``, each ``(*P, len(w))`` in ``dtype``.
 
     ``positions`` is an int ``n`` (for ``0..n-1``, with ``xp``/``device`` placing the result)
     or an integer array of shape ``P`` in namespace ``xp`` (the result follows its device);
-    ``inv_freq`` is a float64 NumPy array of frequencies ``w``; ``scale`` multiplies both
-    before the single rounding to ``dtype``.
+    ``inv_freq`` is a float64 NumPy array of frequencies ``w``. The amplitude ``a`` is ``scale``
+    times the optional ``decay`` amplitude; it multiplies both before the single rounding.
     """
     inv_freq = np.asarray(inv_freq, dtype=np.float64)
 
     def on_host(host_positions: HostArray, device: Device) -> tuple[Array, Array]:
-        angles = host_positions.astype(np.float64)[..., None] * inv_freq
-        cos = xp.asarray(np.cos(angles) * scale, dtype=dtype, device=device)
-        return cos, xp.asarray(np.sin(angles) * scale, dtype=dtype, device=device)
+        p = host_positions.astype(np.float64)[..., None]
+        amplitude = scale if decay is None else scale * np.exp((p - decay.center) * decay.log_rate)
+        cos = xp.asarray(np.cos(p * inv_freq) * amplitude, dtype=dtype, device=device)
+        return cos, xp.asarray(np.sin(p * inv_freq) * amplitude, dtype=dtype, device=device)
 
     if isinstance(positions, int):
         return on_host(np.arange(positions), device)
     device = device_of(positions)
     if has_float64(xp, device):
-        cos, sin = _float64_cos_sin(xp, positions, inv_freq, scale, device)
+        cos, sin = _float64_cos_sin(xp, positions, inv_freq, scale, decay)
     elif is_concrete(positions):
         return on_host(to_numpy(positions), device)
     else:
-        cos, sin = _digit_cos_sin(xp, positions, inv_freq, scale, xp.float32)
+        cos, sin = _digit_cos_sin(xp, positions, inv_freq, scale, decay, xp.float32)
     return xp.astype(cos, dtype, copy=False), xp.astype(sin, dtype, copy=False)

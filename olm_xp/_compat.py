@@ -24,6 +24,7 @@ __all__ = [
     "device_of",
     "dtype_name",
     "has_float64",
+    "index_dtype",
     "is_concrete",
     "is_floating",
     "is_integer",
@@ -185,6 +186,14 @@ def default_float_dtype(xp: ArrayNamespace, device: Device = None) -> DType:
         return _info(xp).default_dtypes(device=device)["real floating"]
     except (TypeError, ValueError):
         return _info(xp).default_dtypes()["real floating"]
+
+
+def index_dtype(xp: ArrayNamespace, device: Device = None) -> DType:
+    """The namespace's default indexing dtype on ``device`` (int32 for JAX without x64)."""
+    try:
+        return _info(xp).default_dtypes(device=device)["indexing"]
+    except (TypeError, ValueError):
+        return _info(xp).default_dtypes()["indexing"]
 
 
 def compute_dtype(xp: ArrayNamespace, dtype: DType) -> DType:

@@ -7,10 +7,22 @@ paper instead.
 
 from olm_xp.nn.embeddings.positional.absolute import AbsolutePositionalEmbedding
 from olm_xp.nn.embeddings.positional.base import PositionalEmbeddingBase
+from olm_xp.nn.embeddings.positional.llama3_rope import Llama3RotaryPositionalEmbedding
+from olm_xp.nn.embeddings.positional.rope import (
+    PartialRotaryPositionalEmbedding,
+    PartialScaledRotaryPositionalEmbedding,
+    RotaryPositionalEmbedding,
+    ScaledRotaryPositionalEmbedding,
+)
 from olm_xp.nn.embeddings.positional.sinusoidal import SinusoidalPositionalEmbedding
 
 __all__ = [
     "AbsolutePositionalEmbedding",
+    "Llama3RotaryPositionalEmbedding",
+    "PartialRotaryPositionalEmbedding",
+    "PartialScaledRotaryPositionalEmbedding",
     "PositionalEmbeddingBase",
+    "RotaryPositionalEmbedding",
+    "ScaledRotaryPositionalEmbedding",
     "SinusoidalPositionalEmbedding",
 ]
