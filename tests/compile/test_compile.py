@@ -7,6 +7,9 @@ import pytest
 
 from olm_xp.nn.embeddings.positional import (
     AbsolutePositionalEmbedding,
+    Llama3RotaryPositionalEmbedding,
+    RotaryPositionalEmbedding,
+    ScaledRotaryPositionalEmbedding,
     SinusoidalPositionalEmbedding,
 )
 
@@ -75,3 +78,48 @@ def test_training_dropout_under_fullgraph_compile():
     assert 0 < int(kept.sum()) < out.numel()
     assert not torch.equal(out, compiled(x))  # a fresh mask per call, not one frozen mask
     torch.testing.assert_close(out[kept], 2 * module.eval()(x)[kept])
+
+
+ROPE_MODULES = {
+    "rope": lambda: RotaryPositionalEmbedding(16, 64),
+    "half-split-yarn": lambda: RotaryPositionalEmbedding.from_hf(
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+        head_dim=16,
+        max_position_embeddings=64,
+    ),
+    "dynamic": lambda: ScaledRotaryPositionalEmbedding(
+        16, 64, scaling_type="dynamic_ntk", scaling_factor=2.0
+    ),
+    "xpos": lambda: ScaledRotaryPositionalEmbedding(16, 64, scaling_type="xpos"),
+    "llama3": lambda: Llama3RotaryPositionalEmbedding(16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROPE_MODULES))
+def test_rope_fullgraph_compile_matches_eager_without_recompiles(name):
+    """Prefill, then decode steps with a tensor offset and with positions: one graph each."""
+    torch._dynamo.reset()
+    module = ROPE_MODULES[name]()
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(module.forward, fullgraph=True, backend=counter)
+    rng = np.random.default_rng(0)
+    prefill = torch.asarray(rng.standard_normal((2, 12, 2, 16)), dtype=torch.float32)
+    step = torch.asarray(rng.standard_normal((2, 1, 2, 16)), dtype=torch.float32)
+    torch.testing.assert_close(compiled(prefill), module(prefill))
+    for t in range(12, 16):
+        offset = torch.tensor(t)
+        torch.testing.assert_close(compiled(step, offset), module(step, offset))
+        positions = torch.tensor([t])
+        torch.testing.assert_close(compiled(step, positions), module(step, positions))
+    assert counter.frame_count <= 3  # prefill, offset decode, positions decode
+
+
+def test_rope_int_offset_decode_does_not_recompile_every_step():
+    torch._dynamo.reset()
+    module = RotaryPositionalEmbedding(16, 64)
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(module.forward, fullgraph=True, backend=counter)
+    step = torch.ones((1, 1, 2, 16))
+    for t in range(20, 28):
+        torch.testing.assert_close(compiled(step, t), module(step, t))
+    assert counter.frame_count <= 2  # Dynamo marks the int dynamic after it changes once
