@@ -191,6 +191,14 @@ def test_bad_from_hf():
         RotaryPositionalEmbedding.from_hf(
             [("rope_type", "default")], head_dim=8, max_position_embeddings=64
         )
+    with pytest.raises(
+        ValueError, match=r"rope_parameters for llama3 must set \['low_freq_factor'\]"
+    ):
+        RotaryPositionalEmbedding.from_hf(
+            {"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0},
+            head_dim=8,
+            max_position_embeddings=64,
+        )
     with pytest.raises(ValueError, match="max_position_embeddings must be a positive int"):
         RotaryPositionalEmbedding.from_hf({}, head_dim=8, max_position_embeddings=0)
 

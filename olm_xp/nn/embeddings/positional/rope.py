@@ -380,15 +380,19 @@ class RotaryPositionalEmbedding(RotaryBase):
         if rope_type == "dynamic":  # HF's dynamic NTK grows from max_position_embeddings
             params.pop("original_max_position_embeddings", None)
             params["original_max_position_embeddings"] = max_position_embeddings
-        elif rope_type in ("yarn", "longrope"):
+        elif rope_type in ("yarn", "longrope", "llama3"):  # HF's fallback for a missing L0
             params.setdefault("original_max_position_embeddings", max_position_embeddings)
-            if params.get("factor") is None:
-                params["factor"] = (
-                    max_position_embeddings / params["original_max_position_embeddings"]
-                )
-        if rope_type == "yarn":
+        if rope_type in ("yarn", "longrope") and params.get("factor") is None:
+            params["factor"] = max_position_embeddings / params["original_max_position_embeddings"]
+        if rope_type == "llama3":  # HF requires these: a config has no Meta defaults
+            missing = [
+                k for k in ("factor", "low_freq_factor", "high_freq_factor") if k not in params
+            ]
+            if missing:
+                raise ValueError(f"rope_parameters for llama3 must set {missing}")
+        if rope_type == "yarn":  # HF treats a missing, None or 0 beta as its default
             for name, default in (("beta_fast", 32.0), ("beta_slow", 1.0)):
-                if params.get(name) is None:
+                if not params.get(name):
                     params[name] = default
         return cls(
             head_dim,
