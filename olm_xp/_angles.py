@@ -20,10 +20,20 @@ from typing import Any
 
 import numpy as np
 
-from olm_xp._compat import device_of, has_float64, is_concrete, to_numpy
+from olm_xp._compat import (
+    array_namespace,
+    default_float_dtype,
+    device_of,
+    dtype_name,
+    has_float64,
+    is_concrete,
+    is_integer,
+    resolve_namespace,
+    to_numpy,
+)
 from olm_xp._typing import Array, ArrayNamespace, Device, DType
 
-__all__ = ["Decay", "cos_sin"]
+__all__ = ["Decay", "cos_sin", "positions_placement"]
 
 _DIGIT_BITS = 8
 
@@ -87,6 +97,24 @@ def _digit_cos_sin(
     shape = (*positions.shape, inv_freq.shape[0])
     amplitude = _amplitude(xp, positions, decay, scale, dtype)
     return xp.reshape(cos, shape) * amplitude, xp.reshape(sin, shape) * amplitude
+
+
+def positions_placement(
+    positions: Any, xp: Any, device: Device, dtype: DType
+) -> tuple[ArrayNamespace, Device, DType]:
+    """Namespace, device and dtype of tables for ``positions``: an int count (placed by the
+    given ``xp``/``device``) or an integer array (its own namespace and device).
+    ``dtype=None`` means the namespace's default float dtype."""
+    if isinstance(positions, int) and not isinstance(positions, bool):
+        xp = resolve_namespace(xp)
+    else:
+        xp = array_namespace(positions)
+        if not is_integer(xp, positions.dtype):
+            raise TypeError(
+                f"positions must be an int or an integer array; got {dtype_name(positions.dtype)}"
+            )
+        device = device_of(positions)
+    return xp, device, default_float_dtype(xp, device) if dtype is None else dtype
 
 
 def cos_sin(

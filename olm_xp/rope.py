@@ -18,17 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from olm_xp._angles import cos_sin
+from olm_xp._angles import cos_sin, positions_placement
 from olm_xp._compat import (
     array_namespace,
     compute_dtype,
-    default_float_dtype,
     device_of,
     dtype_name,
     index_dtype,
     is_concrete,
     is_integer,
-    resolve_namespace,
     to_numpy,
 )
 from olm_xp._typing import Array, ArrayNamespace, Device, DType
@@ -93,16 +91,7 @@ def rope_cos_sin(
     """
     host = _host_frequencies(inv_freq)
     attention_factor = check_positive_number("attention_factor", attention_factor)
-    if isinstance(positions, int) and not isinstance(positions, bool):
-        xp = resolve_namespace(xp)
-    else:
-        xp = array_namespace(positions)
-        if not is_integer(xp, positions.dtype):
-            raise TypeError(
-                f"positions must be an int or an integer array; got {dtype_name(positions.dtype)}"
-            )
-        device = device_of(positions)
-    dtype = default_float_dtype(xp, device) if dtype is None else dtype
+    xp, device, dtype = positions_placement(positions, xp, device, dtype)
     return cos_sin(positions, host, xp=xp, device=device, dtype=dtype, scale=attention_factor)
 
 

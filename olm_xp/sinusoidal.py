@@ -12,15 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from olm_xp._angles import cos_sin
-from olm_xp._compat import (
-    array_namespace,
-    default_float_dtype,
-    device_of,
-    dtype_name,
-    is_integer,
-    resolve_namespace,
-)
+from olm_xp._angles import cos_sin, positions_placement
 from olm_xp._typing import Array, ArrayNamespace, Device, DType
 from olm_xp._validation import check_positive_int, check_positive_number
 
@@ -74,16 +66,8 @@ def sinusoidal_table(
     embed_dim = check_positive_int("embed_dim", embed_dim)
     base = check_positive_number("base", base)
     if isinstance(positions, int) and not isinstance(positions, bool):
-        positions = check_positive_int("positions", positions)
-        xp = resolve_namespace(xp)
-    else:
-        xp = array_namespace(positions)
-        if not is_integer(xp, positions.dtype):
-            raise TypeError(
-                f"positions must be an int or an integer array; got {dtype_name(positions.dtype)}"
-            )
-        device = device_of(positions)
-    dtype = default_float_dtype(xp, device) if dtype is None else dtype
+        check_positive_int("positions", positions)
+    xp, device, dtype = positions_placement(positions, xp, device, dtype)
     cos, sin = cos_sin(
         positions, _inverse_frequencies(embed_dim, base), xp=xp, device=device, dtype=dtype
     )
