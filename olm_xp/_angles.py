@@ -29,6 +29,7 @@ from olm_xp._compat import (
     is_concrete,
     is_integer,
     resolve_namespace,
+    take_rows,
     to_numpy,
 )
 from olm_xp._typing import Array, ArrayNamespace, Device, DType
@@ -79,24 +80,23 @@ def _digit_cos_sin(
 ) -> tuple[Array, Array]:
     device = device_of(positions)
     digits = np.arange(1 << _DIGIT_BITS, dtype=np.float64)[:, None]
-    flat_shape = (-1,)
 
     def rotation_of_digit(level: int) -> tuple[Array, Array]:
         shift = level * _DIGIT_BITS
-        digit = xp.reshape((positions >> shift) & ((1 << _DIGIT_BITS) - 1), flat_shape)
+        digit = (positions >> shift) & ((1 << _DIGIT_BITS) - 1)
         angles = digits * (inv_freq * float(2**shift))
         cos = xp.asarray(np.cos(angles), dtype=dtype, device=device)
         sin = xp.asarray(np.sin(angles), dtype=dtype, device=device)
-        return xp.take(cos, digit, axis=0), xp.take(sin, digit, axis=0)
+        # Rows of (*P, d/2), positions not flattened: keeps a sharded sequence sharded.
+        return take_rows(xp, cos, digit), take_rows(xp, sin, digit)
 
     levels = math.ceil(xp.iinfo(positions.dtype).bits / _DIGIT_BITS)
     cos, sin = rotation_of_digit(0)
     for level in range(1, levels):
         level_cos, level_sin = rotation_of_digit(level)
         cos, sin = cos * level_cos - sin * level_sin, sin * level_cos + cos * level_sin
-    shape = (*positions.shape, inv_freq.shape[0])
     amplitude = _amplitude(xp, positions, decay, scale, dtype)
-    return xp.reshape(cos, shape) * amplitude, xp.reshape(sin, shape) * amplitude
+    return cos * amplitude, sin * amplitude
 
 
 def positions_placement(

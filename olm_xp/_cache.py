@@ -15,11 +15,12 @@ _MIN_ROWS = 64
 class GrowingTableCache:
     """Tables keyed by plain values (namespace name, device string, dtype name, ...).
 
-    ``get(key, rows, build)`` returns a table with at least ``rows`` rows: the cached one if it
-    is long enough, else ``build(capacity)`` with ``capacity`` the next power of two, so a
-    table grows to the largest position actually used in O(log n) rebuilds. Only concrete
-    arrays are stored (a table built while ``jax.jit`` traces is used once and dropped); at most
-    ``max_entries`` keys are kept, least recently used first out.
+    ``get(key, rows, build)`` returns a table with at least ``rows`` rows (along ``axis``,
+    default 0): the cached one if it is long enough, else ``build(capacity)`` with
+    ``capacity`` the next power of two, so a table grows to the largest position actually used
+    in O(log n) rebuilds. Only concrete arrays are stored (a table built while ``jax.jit``
+    traces is used once and dropped); at most ``max_entries`` keys are kept, least recently
+    used first out.
     """
 
     def __init__(self, max_entries: int = 8) -> None:
@@ -27,10 +28,12 @@ class GrowingTableCache:
         self._tables: OrderedDict[Hashable, Array] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, rows: int, build: Callable[[int], Array]) -> Array:
+    def get(
+        self, key: Hashable, rows: int, build: Callable[[int], Array], *, axis: int = 0
+    ) -> Array:
         with self._lock:
             table = self._tables.get(key)
-            if table is not None and table.shape[0] >= rows:
+            if table is not None and table.shape[axis] >= rows:
                 self._tables.move_to_end(key)
                 return table
         capacity = max(_MIN_ROWS, 1 << max(rows - 1, 0).bit_length())
@@ -42,6 +45,13 @@ class GrowingTableCache:
                 while len(self._tables) > self.max_entries:
                     self._tables.popitem(last=False)
         return table
+
+    def __getstate__(self) -> dict[str, int]:
+        """Copies and pickles start empty: tables are a memo, and locks do not pickle."""
+        return {"max_entries": self.max_entries}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.__init__(state["max_entries"])  # type: ignore[misc]
 
     def clear(self) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ from olm_xp._typing import Array, ArrayNamespace, Device, DType
 
 __all__ = [
     "array_namespace",
+    "can_write_in_chunks",
     "compute_dtype",
     "default_float_dtype",
     "device_key",
@@ -29,10 +30,15 @@ __all__ = [
     "is_floating",
     "is_integer",
     "is_torch_compiling",
+    "max_value",
+    "min_value",
     "namespace_name",
+    "namespace_of_device",
     "place",
     "resolve_namespace",
+    "take_rows",
     "to_numpy",
+    "traced_on_jax",
 ]
 
 # Plain modules users hand us, mapped to the compat wrapper that makes them standard.
@@ -74,6 +80,15 @@ def resolve_namespace(xp: Any) -> ArrayNamespace:
     name = _module_name(xp)
     if name == "jax":  # `import jax; xp=jax` is a common slip: the namespace is jax.numpy
         return sys.modules["jax.numpy"]
+    # Import statements for the hot backends: Dynamo traces those (not __import__).
+    if name == "torch":
+        import array_api_compat.torch as compat_torch
+
+        return compat_torch
+    if name == "numpy":
+        import array_api_compat.numpy as compat_numpy
+
+        return compat_numpy
     wrapped = _WRAPPED.get(name)
     if wrapped is not None:
         __import__(wrapped)
@@ -130,13 +145,20 @@ def array_namespace(*arrays: Any) -> ArrayNamespace:
 
 
 def device_of(x: Array) -> Device:
-    """The device of ``x`` (``None`` for a JAX tracer inside ``jax.jit``)."""
+    """The device of ``x``; ``None`` where JAX places the arrays made for ``x``: a tracer
+    inside ``jax.jit``, an uncommitted array, an array sharded across several devices."""
     kind = _array_kind(x)
     if kind == "torch":
         return x.device
     if kind == "numpy":
         return "cpu"
-    return array_api_compat.device(x)
+    device = array_api_compat.device(x)
+    # A sharded array's `.device` is its Sharding, whose spec fits x's rank only (a table made
+    # with it would be sharded wrongly); uncommitted tables follow x wherever it is.
+    jax_placed = kind == "jax" and device is not None
+    if jax_placed and not (isinstance(device, sys.modules["jax"].Device) and x.committed):
+        return None
+    return device
 
 
 def device_key(device: Device) -> str:
@@ -215,20 +237,38 @@ def is_torch_compiling() -> bool:
 def is_concrete(x: Array) -> bool:
     """Whether reading ``x``'s values is possible and cheap right now.
 
-    False for JAX tracers, arrays seen while ``torch.compile`` traces, torch ``meta`` and
-    fake tensors, and Dask arrays (reading them would compute the graph).
+    False for JAX tracers and multi-host JAX arrays, arrays seen while ``torch.compile``
+    traces, torch ``meta`` and fake tensors, and Dask arrays (reading them would compute the
+    graph).
     """
     kind = _array_kind(x)
     if kind == "numpy":
         return True
-    if kind == "jax":
-        return not isinstance(x, sys.modules["jax"].core.Tracer)
+    if kind == "jax":  # a multi-host array's values are not all on this process
+        jax = sys.modules["jax"]
+        if isinstance(x, jax.core.Tracer):
+            return False
+        return jax.process_count() == 1 or bool(x.is_fully_addressable)
     if kind == "torch":
         torch = sys.modules["torch"]
         if is_torch_compiling() or x.device.type == "meta":
             return False
         return not isinstance(x, torch._subclasses.fake_tensor.FakeTensor)
     return not array_api_compat.is_dask_array(x)
+
+
+def max_value(x: Array) -> int:
+    """The largest entry of a concrete integer array, read on the host.
+
+    Read through :func:`to_numpy` rather than ``xp.max``: a concrete JAX array closed over
+    inside ``jax.jit`` would otherwise be reduced by a traced op.
+    """
+    return int(to_numpy(x).max())
+
+
+def min_value(x: Array) -> int:
+    """The smallest entry of a concrete integer array, read on the host."""
+    return int(to_numpy(x).min())
 
 
 def to_numpy(x: Any) -> np.ndarray[Any, Any]:
@@ -266,3 +306,85 @@ def place(x: Any, xp: ArrayNamespace, device: Device, dtype: DType) -> Array:
         moved = x if device is None else array_api_compat.to_device(x, device)
         return xp.astype(moved, dtype, copy=False)
     return xp.asarray(to_numpy(x), dtype=dtype, device=device)
+
+
+def namespace_of_device(device: Device) -> ArrayNamespace | None:
+    """The namespace a framework device object belongs to (``torch.device`` -> torch,
+    a JAX ``Device`` -> jax.numpy), or None for strings, None and other devices."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(device, torch.device):
+        import array_api_compat.torch as compat_torch
+
+        return compat_torch
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(device, jax.Device):
+        return sys.modules["jax.numpy"]
+    return None
+
+
+def take_rows(xp: ArrayNamespace, table: Array, indices: Array) -> Array:
+    """``table[indices]``: rows of a 2-D ``table`` for integer ``indices`` of any shape ``I``,
+    shape ``(*I, table.shape[1])``.
+
+    A flat ``take`` elsewhere (the fastest on NumPy/torch). For JAX, N-D indices are not
+    flattened: flattening ``(batch, seq)`` indices sharded along ``seq`` makes XLA all-gather
+    them and gather every row on every device; ``take_along_axis`` keeps their sharding.
+    """
+    if namespace_name(xp) != "jax" or indices.ndim == 0:
+        shape = (*indices.shape, table.shape[-1])
+        return xp.reshape(xp.take(table, xp.reshape(indices, (-1,)), axis=0), shape)
+    if indices.ndim == 1:
+        return xp.take(table, indices, axis=0)
+    lead = (1,) * (indices.ndim - 1)
+    rows = xp.reshape(table, (*lead, *table.shape))
+    return xp.take_along_axis(rows, indices[..., None], axis=indices.ndim - 1)
+
+
+def can_write_in_chunks(x: Array) -> bool:
+    """Whether a new array like ``x`` can be filled chunk by chunk with ``__setitem__`` here,
+    and whether that pays (performance.md: on a CPU, chunk temporaries stay in cache and
+    malloc recycles them instead of page-faulting fresh full-size temporaries).
+
+    True for NumPy, torch CPU tensors outside ``torch.compile`` and autograd recording, and
+    other eager, writeable CPU arrays (array-api-strict). False for JAX (immutable), lazy
+    arrays (Dask), GPU arrays (fewer, larger kernels win there) and torch ``meta`` tensors.
+    """
+    kind = _array_kind(x)
+    if kind == "numpy":
+        return True
+    if kind == "jax":
+        return False
+    if kind == "torch":
+        torch = sys.modules["torch"]
+        if x.device.type != "cpu" or is_torch_compiling():
+            return False
+        if torch._C._functorch.is_functorch_wrapped_tensor(x):  # vmap/grad transforms
+            return False
+        return not (x.requires_grad and torch.is_grad_enabled())
+    # array-api-strict is NumPy underneath; CuPy (GPU), Dask (lazy) and the unknown: no.
+    return type(x).__module__.startswith("array_api_strict")
+
+
+_JAX_JITTED: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def traced_on_jax(fn: Any, xp: ArrayNamespace, *arrays: Any, **static: Any) -> Any:
+    """``fn(*arrays, xp=xp, **static)``; on JAX outside a trace, through one ``jax.jit`` of
+    ``fn`` with the keywords static (hashable: ints, bools, dtypes, devices, tuples).
+
+    Eager JAX compiles every primitive on its own for each new shape -- a dozen small compiles
+    for one bias -- where one jit of the whole function compiles once per configuration
+    (performance.md: "the library should jax.jit its JAX path"). Arrays may be None. Inside
+    ``jax.jit`` (any array a tracer) and on every other backend ``fn`` is called directly.
+    """
+    if namespace_name(xp) != "jax":
+        return fn(*arrays, xp=xp, **static)
+    jax = sys.modules["jax"]
+    if any(isinstance(a, jax.core.Tracer) for a in arrays):
+        return fn(*arrays, xp=xp, **static)
+    key = (fn, tuple(sorted(static)))
+    jitted = _JAX_JITTED.get(key)
+    if jitted is None:
+        jitted = jax.jit(fn, static_argnames=("xp", *key[1]))
+        _JAX_JITTED[key] = jitted
+    return jitted(*arrays, xp=xp, **static)

@@ -19,6 +19,8 @@ from olm_xp._compat import (
     is_concrete,
     is_floating,
     is_integer,
+    max_value,
+    min_value,
     namespace_name,
 )
 from olm_xp._typing import Array, ArrayNamespace
@@ -124,10 +126,179 @@ def check_positions(
         raise ValueError(f"{name} must be on x's device {device}; got device {positions_device}")
     if not is_concrete(positions) or math.prod(shape) == 0:
         return
-    low = int(xp.min(positions))
+    low = min_value(positions)
     if low < 0:
         raise ValueError(f"{name} must be >= 0; got minimum {low}")
     if limit is not None:
-        high = int(xp.max(positions))
+        high = max_value(positions)
         if high >= limit:
             raise ValueError(f"{name} must be < {limit_name}={limit}; got maximum {high}")
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool, or a TypeError naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool; got {type(value).__name__} {value!r}")
+    return value
+
+
+def _position_batch(
+    xp: ArrayNamespace, positions: Array, *, name: str, length: int, length_name: str
+) -> int | None:
+    """Check integer positions of shape ``(length,)`` or ``(batch, length)``; the batch or None."""
+    if not hasattr(positions, "shape") or not hasattr(positions, "dtype"):
+        raise TypeError(
+            f"{name} must be an integer array of shape ({length},) or (batch, {length}); "
+            f"got {type(positions).__name__}"
+        )
+    if not is_integer(xp, positions.dtype):
+        raise TypeError(f"{name} must have an integer dtype; got {dtype_name(positions.dtype)}")
+    shape = tuple(positions.shape)
+    if not (1 <= len(shape) <= 2 and shape[-1] == length):
+        raise ValueError(
+            f"{name} must have shape ({length},) or (batch, {length}) to match "
+            f"{length_name}={length}; got {shape}"
+        )
+    return int(shape[0]) if len(shape) == 2 else None
+
+
+def check_query_key_positions(
+    xp: ArrayNamespace,
+    query_positions: Array | None,
+    key_positions: Array | None,
+    *,
+    seq_len_q: int,
+    seq_len_k: int,
+) -> None:
+    """Optional query/key positions for a ``(q, k)`` bias: integer ``(q,)``/``(batch, q)`` and
+    ``(k,)``/``(batch, k)``, batches that broadcast, on one device. Values are not checked:
+    any integer position (negative included) has a well-defined relative distance."""
+    q_batch = k_batch = None
+    if query_positions is not None:
+        q_batch = _position_batch(
+            xp, query_positions, name="query_positions", length=seq_len_q, length_name="seq_len_q"
+        )
+    if key_positions is not None:
+        k_batch = _position_batch(
+            xp, key_positions, name="key_positions", length=seq_len_k, length_name="seq_len_k"
+        )
+    batches = {q_batch, k_batch} - {None, 1}
+    if len(batches) > 1:
+        raise ValueError(
+            f"query_positions and key_positions must have the same batch size (or 1); got "
+            f"{q_batch} and {k_batch}"
+        )
+    if query_positions is not None and key_positions is not None:
+        q_device, k_device = device_of(query_positions), device_of(key_positions)
+        known = q_device is not None and k_device is not None
+        if known and device_key(q_device) != device_key(k_device):
+            raise ValueError(
+                f"query_positions and key_positions must be on one device; got {q_device} and "
+                f"{k_device}"
+            )
+
+
+def check_slopes(xp: ArrayNamespace, slopes: Array, *, name: str = "slopes") -> None:
+    """A 1-D real floating array of per-head slopes."""
+    if slopes.ndim != 1:
+        raise ValueError(
+            f"{name} must be an int or a 1-D (heads,) array of slopes; got shape "
+            f"{tuple(slopes.shape)}"
+        )
+    if not is_floating(xp, slopes.dtype):
+        raise TypeError(
+            f"{name} slopes must have a real floating dtype; got {dtype_name(slopes.dtype)}"
+        )
+
+
+def check_t5_buckets(
+    num_buckets: Any, max_distance: Any, bidirectional: Any
+) -> tuple[int, int, bool]:
+    """T5 bucket configuration: at least one exact bucket, and ``max_distance`` beyond them
+    (at ``max_distance`` equal to the exact-bucket count T5's ``log`` ratio divides by zero)."""
+    num_buckets = check_positive_int("num_buckets", num_buckets)
+    max_distance = check_positive_int("max_distance", max_distance)
+    bidirectional = check_bool("bidirectional", bidirectional)
+    divisor, kind = (4, "bidirectional") if bidirectional else (2, "causal")
+    exact = num_buckets // divisor
+    if exact < 1:
+        raise ValueError(
+            f"num_buckets must be >= {divisor} for {kind} buckets (at least one exact bucket, "
+            f"num_buckets // {divisor}); got {num_buckets}"
+        )
+    if max_distance <= exact:
+        raise ValueError(
+            f"max_distance must be greater than the number of exact buckets "
+            f"(num_buckets // {divisor} = {exact} for {kind} buckets); got {max_distance}"
+        )
+    return num_buckets, max_distance, bidirectional
+
+
+def check_device(name: str, array: Array, device: Any, *, what: str) -> None:
+    """``array`` lives on ``device`` (skipped where either is unknown, e.g. inside jax.jit)."""
+    where = device_of(array)
+    if where is None or device is None:
+        return
+    if device_key(where) != device_key(device):
+        raise ValueError(f"{name} must be on {what} {device}; got device {where}")
+
+
+def check_table(xp: ArrayNamespace, table: Array, *, name: str) -> None:
+    """A 2-D real floating learned table."""
+    if not hasattr(table, "ndim") or table.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D (num_buckets, heads) table; got shape "
+            f"{tuple(getattr(table, 'shape', ()))}"
+        )
+    if not is_floating(xp, table.dtype):
+        raise TypeError(f"{name} must have a real floating dtype; got {dtype_name(table.dtype)}")
+
+
+def check_attention_inputs(xp: ArrayNamespace, q: Array, k: Array, v: Array) -> None:
+    """``q (batch, heads, seq_q, d)``, ``k (batch, heads, seq_k, d)``, ``v (batch, heads,
+    seq_k, dv)``, all real floating."""
+    for name, array in (("q", q), ("k", k), ("v", v)):
+        if array.ndim != 4:
+            raise ValueError(
+                f"{name} must be 4-D (batch, heads, seq, head_dim); got shape "
+                f"{tuple(array.shape)} ({array.ndim}-D)"
+            )
+        if not is_floating(xp, array.dtype):
+            raise TypeError(
+                f"{name} must have a real floating dtype; got {dtype_name(array.dtype)}"
+            )
+    batch, heads, _, head_dim = (int(n) for n in q.shape)
+    if tuple(k.shape[:2]) != (batch, heads) or int(k.shape[3]) != head_dim:
+        raise ValueError(
+            f"k must have shape (batch={batch}, heads={heads}, seq_k, head_dim={head_dim}) to "
+            f"match q {tuple(q.shape)}; got {tuple(k.shape)}"
+        )
+    if tuple(v.shape[:3]) != tuple(k.shape[:3]):
+        raise ValueError(
+            f"v must have shape (batch={batch}, heads={heads}, seq_k={k.shape[2]}, value_dim) to "
+            f"match k {tuple(k.shape)}; got {tuple(v.shape)}"
+        )
+
+
+def check_attention_bias(xp: ArrayNamespace, bias: Array, scores_shape: tuple[int, ...]) -> None:
+    """An additive floating ``bias`` that broadcasts to ``scores_shape`` (batch, heads, q, k);
+    a head-count mismatch is named as such."""
+    if not hasattr(bias, "shape") or not hasattr(bias, "dtype"):
+        raise TypeError(f"bias must be an array; got {type(bias).__name__}")
+    if not is_floating(xp, bias.dtype):
+        raise TypeError(
+            f"bias must be an additive real floating array (0 to keep, -inf to mask); got "
+            f"{dtype_name(bias.dtype)}"
+        )
+    shape = tuple(int(n) for n in bias.shape)
+    if 3 <= len(shape) <= 4 and shape[-3] not in (1, scores_shape[1]):
+        raise ValueError(
+            f"bias has {shape[-3]} heads (shape {shape}) but the scores have "
+            f"{scores_shape[1]} heads (q's); expected 1 or {scores_shape[1]}"
+        )
+    padded = (1,) * (4 - len(shape)) + shape
+    if len(shape) > 4 or any(b not in (1, s) for b, s in zip(padded, scores_shape, strict=True)):
+        raise ValueError(
+            f"bias of shape {shape} does not broadcast to the scores' shape "
+            f"(batch, heads, seq_q, seq_k) = {scores_shape}"
+        )

@@ -7,26 +7,37 @@ embedding classes.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 
 from olm_xp._compat import (
     array_namespace,
+    can_write_in_chunks,
     compute_dtype,
     default_float_dtype,
     device_of,
+    namespace_name,
     resolve_namespace,
+    take_rows,
 )
-from olm_xp._typing import Array, Device, DType
+from olm_xp._typing import Array, ArrayNamespace, Device, DType
 from olm_xp._validation import (
     check_feature_size,
     check_floating_input,
     check_positions,
     check_positive_int,
 )
+from olm_xp.rope import _chunks
 
 __all__ = ["add_position_embeddings", "normal_table"]
+
+_CHUNK_ELEMENTS = 1 << 17
+"""Elements per chunk when a lower-precision ``x`` is added chunk by chunk (see olm_xp.rope)."""
+_FAST_PATHS = True
+"""torch's ``add(out=)`` for lower-precision inputs (one kernel instead of a chunk loop);
+tests set it to False to run the generic path on torch too."""
 
 
 def normal_table(
@@ -86,8 +97,34 @@ def add_position_embeddings(x: Array, table: Array, positions: Array | None = No
         check_positions(
             xp, positions, batch=batch, seq_len=seq_len, device=device_of(x), limit=num_positions
         )
-        flat = xp.take(table, xp.reshape(positions, (-1,)), axis=0)
-        rows = xp.reshape(flat, (*positions.shape, embed_dim))
-    work_dtype = compute_dtype(xp, x.dtype)
-    total = xp.astype(x, work_dtype, copy=False) + xp.astype(rows, work_dtype, copy=False)
-    return xp.astype(total, x.dtype, copy=False)
+        rows = take_rows(xp, table, positions)
+    return _add_rows(xp, x, rows, fresh=positions is not None)
+
+
+def _add_rows(xp: ArrayNamespace, x: Array, rows: Array, *, fresh: bool) -> Array:
+    """``x + rows`` in at least float32, rounded once to ``x``'s dtype, with as few new
+    full-size arrays as the inputs allow (performance.md: on a CPU each one page-faults).
+
+    ``fresh``: ``rows`` is a new array (a gather), so when it has ``x``'s shape the sum is
+    accumulated into it. A lower-precision ``x`` is added chunk by chunk into one new array
+    where that is writeable on a CPU (torch: one ``add(out=)`` kernel), so no float32 copy of
+    ``x`` is ever made.
+    """
+    work = compute_dtype(xp, x.dtype)
+    rows = xp.astype(rows, work, copy=False)
+    if fresh and tuple(rows.shape) == tuple(x.shape):
+        rows += x  # promotes a lower-precision x exactly; rows is ours to update
+        return xp.astype(rows, x.dtype, copy=False)
+    chunks = _chunks(tuple(x.shape), 1, x.shape[-1], _CHUNK_ELEMENTS)
+    if x.dtype == work or not chunks or not can_write_in_chunks(x):
+        return xp.astype(xp.astype(x, work, copy=False) + rows, x.dtype, copy=False)
+    if _FAST_PATHS and namespace_name(xp) == "torch":  # one kernel: f32 sum, rounded once
+        out = xp.empty(x.shape, dtype=x.dtype, device=device_of(x))
+        return sys.modules["torch"].add(x, rows, out=out)
+    out = xp.empty(x.shape, dtype=x.dtype, device=device_of(x))
+    rows = rows[None, ...] if rows.ndim == 2 else rows  # (seq, D) rows: shared by the batch
+    for batch, positions in chunks:
+        rows_batch = batch if rows.shape[0] != 1 else slice(None)
+        total = x[batch, positions, :] + rows[rows_batch, positions, :]  # promotes x exactly
+        out[batch, positions, :] = xp.astype(total, x.dtype)
+    return out

@@ -292,11 +292,55 @@ def _absolute_scheme(with_positions: bool) -> Scheme:
     return prepare
 
 
+ALIBI_HEADS = 12
+"""Heads of the ALiBi schemes: not a power of two (8 geometric slopes, then 4 interleaved)."""
+T5_HEADS = 8
+DECODE_KEYS = 300
+"""Cached keys of the ``*-causal-decode`` schemes (one query, the newest position): beyond T5's
+``max_distance=128``, so every bucket is used."""
+
+
+def _alibi_scheme(causal_decode: bool) -> Scheme:
+    """olm's symmetric square bias, or one causal decode row (the newest query)."""
+
+    def prepare(xp: ArrayNamespace, device: Device, dtype: DType) -> Prepared:
+        module = positional.ALiBiPositionalBias(
+            ALIBI_HEADS, causal=causal_decode, xp=xp, device=device, dtype=dtype
+        )
+        seq_len_q, seq_len_k = (1, DECODE_KEYS) if causal_decode else (SEQ_LEN, SEQ_LEN)
+        slopes = reference.alibi_slopes_reference(ALIBI_HEADS)
+        expected = reference.alibi_reference(slopes, seq_len_q, seq_len_k, causal=causal_decode)
+        return Prepared(lambda: module(seq_len_q, seq_len_k), expected)
+
+    return prepare
+
+
+def _t5_scheme(causal_decode: bool) -> Scheme:
+    """The bidirectional square bias, or one causal decode row, from a seeded table."""
+
+    def prepare(xp: ArrayNamespace, device: Device, dtype: DType) -> Prepared:
+        module = positional.T5RelativePositionBias(
+            T5_HEADS, bidirectional=not causal_decode, xp=xp, device=device, dtype=dtype, seed=SEED
+        )
+        table64 = _host64(module.relative_attention_bias.weight)
+        seq_len_q, seq_len_k = (1, DECODE_KEYS) if causal_decode else (SEQ_LEN, SEQ_LEN)
+        expected = reference.t5_bias_reference(
+            table64, seq_len_q, seq_len_k, bidirectional=not causal_decode
+        )
+        return Prepared(lambda: module(seq_len_q, seq_len_k), expected)
+
+    return prepare
+
+
 SCHEMES: dict[str, Scheme] = {
     "sinusoidal": _sinusoidal_scheme(with_positions=False),
     "sinusoidal-positions": _sinusoidal_scheme(with_positions=True),
     "absolute": _absolute_scheme(with_positions=False),
     "absolute-positions": _absolute_scheme(with_positions=True),
+    "alibi": _alibi_scheme(causal_decode=False),
+    "alibi-causal-decode": _alibi_scheme(causal_decode=True),
+    "t5-bias": _t5_scheme(causal_decode=False),
+    "t5-bias-causal-decode": _t5_scheme(causal_decode=True),
 }
 """Every implemented scheme: the class ``forward`` without and with explicit positions."""
 

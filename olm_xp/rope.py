@@ -14,6 +14,9 @@ own dtype.
 
 from __future__ import annotations
 
+import math
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,12 +24,15 @@ import numpy as np
 from olm_xp._angles import cos_sin, positions_placement
 from olm_xp._compat import (
     array_namespace,
+    can_write_in_chunks,
     compute_dtype,
     device_of,
     dtype_name,
     index_dtype,
     is_concrete,
     is_integer,
+    is_torch_compiling,
+    namespace_name,
     to_numpy,
 )
 from olm_xp._typing import Array, ArrayNamespace, Device, DType
@@ -95,33 +101,284 @@ def rope_cos_sin(
     return cos_sin(positions, host, xp=xp, device=device, dtype=dtype, scale=attention_factor)
 
 
-def _broadcast_table(
-    xp: ArrayNamespace, table: Array, x_shape: tuple[int, ...], seq_axis: int, name: str
-) -> Array:
-    """``(seq, d/2)`` or ``(batch, seq, d/2)`` to a shape that broadcasts against ``x``
-    (features last, sequence at ``seq_axis``, batch at axis 0)."""
-    ndim = len(x_shape)
-    half = table.shape[-1]
-    target = [1] * ndim
-    target[seq_axis] = table.shape[-2] if table.ndim >= 2 else 1
-    target[-1] = half
-    if table.ndim == 3:
+def _table_target(
+    table_shape: tuple[int, ...], x_shape: tuple[int, ...], seq_axis: int, name: str
+) -> list[int]:
+    """The leading broadcast shape of a ``(seq, k)``/``(batch, seq, k)`` table against ``x``
+    (features last), or a ValueError naming the table and both shapes."""
+    target = [1] * (len(x_shape) - 1)
+    target[seq_axis] = table_shape[-2] if len(table_shape) >= 2 else 1
+    if len(table_shape) == 3:
         if seq_axis == 0:
             raise ValueError(f"{name} with a batch axis needs seq_axis != 0")
-        target[0] = table.shape[0]
-    elif table.ndim != 2:
-        raise ValueError(f"{name} must be (seq, d/2) or (batch, seq, d/2); got {table.shape}")
-    ok = target[seq_axis] in (1, x_shape[seq_axis]) and target[0] in (1, x_shape[0])
-    if not ok:
+        target[0] = table_shape[0]
+    elif len(table_shape) != 2:
+        raise ValueError(f"{name} must be (seq, d/2) or (batch, seq, d/2); got {table_shape}")
+    if target[seq_axis] not in (1, x_shape[seq_axis]) or target[0] not in (1, x_shape[0]):
         raise ValueError(
-            f"{name} of shape {tuple(table.shape)} does not fit x of shape {x_shape} with "
+            f"{name} of shape {table_shape} does not fit x of shape {x_shape} with "
             f"seq_axis={seq_axis} (expected (seq, d/2) or (batch, seq, d/2))"
         )
-    return xp.reshape(table, tuple(target))
+    return target
 
 
-def _rotate(xp: ArrayNamespace, x: Array, cos: Array, sin: Array, interleaved: bool) -> Array:
-    """Rotate the last axis of ``x`` (exactly ``2 * cos.shape[-1]`` features)."""
+def _broadcast_table(
+    xp: ArrayNamespace,
+    table: Array,
+    x_shape: tuple[int, ...],
+    seq_axis: int,
+    name: str,
+    tail: tuple[int, ...] | None = None,
+) -> Array:
+    """``(seq, k)`` or ``(batch, seq, k)`` to a shape that broadcasts against ``x`` (features
+    last, sequence at ``seq_axis``, batch at axis 0); the last axis becomes ``tail`` (a pair
+    view ``(k/2, 2)``/``(2, k/2)`` of it) where given."""
+    target = _table_target(tuple(table.shape), x_shape, seq_axis, name)
+    return xp.reshape(table, (*target, *((table.shape[-1],) if tail is None else tail)))
+
+
+# -- the rotation -------------------------------------------------------------------------------
+#
+# Eager cost is decided by the number of full-size temporaries (each fresh one page-faults on a
+# CPU) and by passes over memory, and at decode size by the number of ops -- not by array-API
+# overhead (performance.md). So the generic rotation is
+#     out = x * cos_f + swap(x) * sin_f
+# with *folded* tables: ``cos_f`` repeats each cosine over its pair, ``sin_f`` carries the sign
+# (``[-s, s]`` half-split, ``[-s0, s0, -s1, s1, ...]`` interleaved), and ``swap`` exchanges the
+# two members of every pair: a flip of the pair view ``(..., 2, d/2)``/``(..., d/2, 2)`` (a view
+# on NumPy; XLA fuses it) or, interleaved, a stack of the pair's members (a product through a
+# flipped size-2 axis runs without SIMD). New arrays are updated in place (never the
+# input or a view of it). Where a fresh output is writeable on a CPU, chunks of positions are
+# rotated into one ``empty`` output, so the temporaries stay in cache and malloc recycles them.
+# Under ``torch.compile`` the half-table form ``(x1 c - x2 s, x2 c + x1 s)`` fuses best (0.9 of
+# copy bandwidth) and is used instead. torch has two fast paths behind the same functions (see
+# ``_FAST_PATHS``); the RoPE classes cache folded tables already shaped for their kernel.
+
+_CHUNK_ELEMENTS = {"torch": 1 << 18, "default": 1 << 17}
+"""Elements of ``x`` rotated per chunk on the chunked path, per namespace. NumPy (one thread):
+512 KiB of float32, half of L2. torch: 1 MiB, so each op on a chunk is above torch's parallel
+grain (32768 elements) and uses every intra-op thread, with few enough chunks that the thread
+barrier per op is amortised (benchmarks/README.md has the sweep)."""
+SMALL = 1 << 15
+"""Below this many elements (a decode step) the fewest ops win: no chunks, no fast paths."""
+_FAST_PATHS = True
+"""torch fast paths behind the same functions, for inputs of at least ``SMALL`` elements:
+interleaved pairs as complex numbers (one multiply), half-split as ``out=`` products and
+``addcmul_`` (four kernels, no temporary). Each beat the generic path by a measured margin
+(benchmarks/README.md). Tests set this to False to run the generic path on torch too."""
+_STACK_PAIRS = frozenset({"numpy", "array_api_strict", "torch"})
+"""Namespaces whose interleaved swap (above ``SMALL``) is ``stack((x1, x0))`` of the pair view:
+a product through NumPy's flipped size-2 axis runs without SIMD (1.5-2x slower)."""
+_FRESH_FLIP = frozenset({"torch", "jax"})
+"""Namespaces whose ``flip`` returns a new array (torch copies; JAX rebinds ``*=``), so it
+can be scaled in place; elsewhere (NumPy, array-api-strict) it may be a view of ``x``."""
+
+Kernel = Callable[[Array, Array, Array], Array]
+"""``kernel(x, cos, sin)``: the rotated ``x`` (exactly ``d`` features, last axis) in the
+compute dtype, for tables already broadcast against it."""
+
+
+def pair_shape(shape: tuple[int, ...], interleaved: bool) -> tuple[int, ...]:
+    """``(..., d)`` as pairs: ``(..., d/2, 2)`` interleaved, ``(..., 2, d/2)`` half-split."""
+    half = shape[-1] // 2
+    return (*shape[:-1], half, 2) if interleaved else (*shape[:-1], 2, half)
+
+
+def fold_tables(
+    xp: ArrayNamespace, cos: Array, sin: Array, interleaved: bool
+) -> tuple[Array, Array]:
+    """Half tables ``(..., d/2)`` to folded ``(..., d)`` ones for ``x * cos_f + swap(x) * sin_f``.
+
+    ``cos_f`` is each cosine repeated over its pair; ``sin_f`` is ``[-s, s]`` (half-split) or
+    ``[-s0, s0, -s1, s1, ...]`` (interleaved). Negation is exact, so folded tables keep every
+    entry's single rounding.
+    """
+    if not interleaved:
+        return xp.concat((cos, cos), axis=-1), xp.concat((-sin, sin), axis=-1)
+    shape = (*cos.shape[:-1], 2 * cos.shape[-1])
+    cos_f = xp.reshape(xp.stack((cos, cos), axis=-1), shape)
+    return cos_f, xp.reshape(xp.stack((-sin, sin), axis=-1), shape)
+
+
+def table_rows(xp: ArrayNamespace, cos: Array, sin: Array, interleaved: bool) -> Array:
+    """Half tables ``(..., d/2)`` in the form the RoPE classes cache, against the pair view of
+    ``x`` (:func:`pair_shape`):
+
+    * half-split: the 2x2 rotation of every pair, ``(..., 2, 2, d/2)``, entry ``[a, b]`` the
+      weight of member ``b`` in output member ``a``: ``[[c, -s], [s, c]]``, so a decode step is
+      one product and one sum over ``b`` (:func:`rotate_small`);
+    * interleaved: ``(..., d/2, 2)`` pairs ``(c, s)``, which torch views as the complex
+      ``c + i s`` with no copy (a product through a size-2 last axis is slow).
+    """
+    if interleaved:
+        return xp.stack((cos, sin), axis=-1)
+    first = xp.stack((cos, -sin), axis=-2)
+    second = xp.stack((sin, cos), axis=-2)
+    return xp.stack((first, second), axis=-3)
+
+
+def rows_to_half(xp: ArrayNamespace, rows: Array, interleaved: bool) -> tuple[Array, Array]:
+    """:func:`table_rows` back to the half tables ``cos``, ``sin`` (exact: no arithmetic)."""
+    if interleaved:
+        return rows[..., 0], rows[..., 1]
+    return rows[..., 0, 0, :], rows[..., 1, 0, :]
+
+
+def rotate_small(
+    xp: ArrayNamespace, x: Array, rows: Array, interleaved: bool, work: DType, name: str = ""
+) -> Array:
+    """A decode-sized rotation in the fewest ops, for ``x`` with exactly ``d`` features last
+    and :func:`table_rows` (in the compute dtype ``work``) broadcast against its pair view;
+    the result is in ``x``'s dtype. ``name`` is ``xp``'s :func:`namespace_name` if known."""
+    shape = x.shape
+    name = name or namespace_name(xp)
+    if not interleaved:  # one product, one sum over the input member
+        pairs = xp.reshape(x, (*shape[:-1], 1, 2, shape[-1] // 2))
+        out = xp.reshape(xp.sum(pairs * rows, axis=-2), shape)
+    elif _FAST_PATHS and name == "torch" and not is_torch_compiling():
+        torch = sys.modules["torch"]  # pairs times c + i s, both viewed as complex: one product
+        pairs = (x if x.dtype == work else x.to(work)).reshape(*shape[:-1], shape[-1] // 2, 2)
+        product = torch.view_as_complex(pairs) * torch.view_as_complex(rows)
+        out = torch.view_as_real(product).reshape(shape)
+    else:
+        cos, sin = rows_to_half(xp, rows, interleaved)
+        cos_pairs = xp.stack((cos, cos), axis=-1)
+        sin_pairs = xp.stack((-sin, sin), axis=-1)
+        out = _rotate_folded(xp, name, x, cos_pairs, sin_pairs, interleaved, True)
+    return out if out.dtype == x.dtype else xp.astype(out, x.dtype)
+
+
+def _rotate_folded(
+    xp: ArrayNamespace,
+    name: str,
+    x: Array,
+    cos: Array,
+    sin: Array,
+    interleaved: bool,
+    small: bool,
+) -> Array:
+    """``x * cos_f + swap(x) * sin_f`` in the tables' dtype, for ``x`` with exactly ``d``
+    features, last axis; the tables broadcast against its pair view (:func:`pair_shape`).
+
+    A lower-precision ``x`` (bfloat16/float16) is promoted by the first product with the
+    float32 tables (exactly, as an explicit cast would), so it is never copied up front.
+    """
+    exact = x.dtype == cos.dtype  # else the products promote: nothing is updated in place
+    x = xp.reshape(x, pair_shape(tuple(x.shape), interleaved))
+    if interleaved and name in _STACK_PAIRS and not (small and name in _FRESH_FLIP):
+        swapped = xp.stack((x[..., 1], x[..., 0]), axis=-1)  # a new array
+        fresh = exact
+    else:
+        swapped = xp.flip(x, axis=-1 if interleaved else -2)
+        fresh = exact and name in _FRESH_FLIP
+    if fresh:
+        swapped *= sin
+    else:
+        swapped = swapped * sin
+    out = x * cos
+    out += swapped
+    return xp.reshape(out, (*out.shape[:-2], -1))
+
+
+def _torch_complex_kernel(x: Array, cis: Array, _: Array) -> Array:
+    """torch, interleaved: pairs as complex numbers times ``cis = cos + i sin``: one multiply,
+    one pass, no temporary (for a lower-precision ``x``, one upcast first)."""
+    torch = sys.modules["torch"]
+    real = cis.real.dtype
+    pairs = (x if x.dtype == real else x.to(real)).reshape(*x.shape[:-1], -1, 2)
+    return torch.view_as_real(torch.view_as_complex(pairs) * cis).reshape(x.shape)
+
+
+def _torch_halves_kernel(x: Array, cos: Array, sin: Array) -> Array:
+    """torch, half-split, ``x`` in the compute dtype: ``out=`` products and ``addcmul_`` into
+    one new tensor (four kernels, no temporary); ``cos``/``sin`` are half tables."""
+    torch = sys.modules["torch"]
+    half = x.shape[-1] // 2
+    out = torch.empty_like(x)
+    first, second = x[..., :half], x[..., half:]
+    out_first, out_second = out[..., :half], out[..., half:]
+    torch.mul(first, cos, out=out_first)
+    out_first.addcmul_(second, sin, value=-1)
+    torch.mul(second, cos, out=out_second)
+    out_second.addcmul_(first, sin)
+    return out
+
+
+def _torch_fast_path(name: str, x: Array, interleaved: bool, work: DType) -> str:
+    """The torch fast path for ``x``, if any: ``"complex"`` (interleaved) or ``"halves"``
+    (half-split; only in the compute dtype, so nothing is rounded twice, and not under
+    autograd, which ``out=`` does not support). Never on ``meta`` tensors, under
+    ``torch.compile`` (Inductor fuses the generic form) or below ``SMALL`` elements."""
+    if not _FAST_PATHS or name != "torch" or math.prod(x.shape) < SMALL:
+        return ""
+    if x.device.type == "meta" or is_torch_compiling():
+        return ""
+    if interleaved:
+        return "complex"
+    torch = sys.modules["torch"]
+    if x.dtype != work or (x.requires_grad and torch.is_grad_enabled()):
+        return ""
+    return "halves"
+
+
+def _chunks(
+    shape: tuple[int, ...], seq: int, rotary_dim: int, target: int
+) -> list[tuple[slice, slice]]:
+    """(batch block, sequence block) pairs that tile ``x``, each holding about ``target``
+    rotated elements; empty when ``x`` is one chunk or less."""
+    n = shape[seq]
+    per_position = math.prod(shape) // max(n, 1) * rotary_dim // shape[-1]
+    if n * per_position <= target:
+        return []
+    batches = [slice(None)]
+    if seq > 0 and per_position > target and shape[0] > 1:  # split the batch too
+        per_item = per_position // shape[0]
+        size = max(1, target // per_item)
+        batches = [slice(b, min(b + size, shape[0])) for b in range(0, shape[0], size)]
+        per_position = per_item * min(size, shape[0])
+    step = max(1, target // per_position)
+    return [(b, slice(s, min(s + step, n))) for b in batches for s in range(0, n, step)]
+
+
+def _rotate_chunked(
+    xp: ArrayNamespace,
+    kernel: Kernel,
+    x: Array,
+    cos: Array,
+    sin: Array,
+    chunks: list[tuple[slice, slice]],
+    *,
+    seq: int,
+    rotary_dim: int,
+) -> Array:
+    """``kernel`` on each chunk, written into one new array."""
+    shape = tuple(x.shape)
+    out = xp.empty(shape, dtype=x.dtype, device=device_of(x))
+    if rotary_dim < shape[-1]:
+        out[..., rotary_dim:] = x[..., rotary_dim:]
+    middle = (slice(None),) * (len(shape) - seq - 2)
+    features = slice(0, rotary_dim)
+
+    def table_rows(table: Array, batch: slice, rows: slice) -> Array:
+        index: list[slice] = [slice(None)] * (seq + 1)
+        if seq > 0 and table.shape[0] != 1:
+            index[0] = batch
+        if table.shape[seq] != 1:
+            index[seq] = rows
+        return table[(*index, ...)]
+
+    for batch, rows in chunks:
+        lead = (batch, *(slice(None),) * (seq - 1)) if seq > 0 else ()
+        index = (*lead, rows, *middle, features)
+        rotated = kernel(x[index], table_rows(cos, batch, rows), table_rows(sin, batch, rows))
+        out[index] = xp.astype(rotated, x.dtype, copy=False)
+    return out
+
+
+def _rotate_halves(
+    xp: ArrayNamespace, x: Array, cos: Array, sin: Array, interleaved: bool
+) -> Array:
+    """Rotate the last axis of ``x`` with half tables (the form Inductor fuses best)."""
     half = x.shape[-1] // 2
     if interleaved:
         pairs = xp.reshape(x, (*x.shape[:-1], half, 2))
@@ -130,6 +387,75 @@ def _rotate(xp: ArrayNamespace, x: Array, cos: Array, sin: Array, interleaved: b
         return xp.reshape(rotated, x.shape)
     first, second = x[..., :half], x[..., half:]
     return xp.concat((first * cos - second * sin, second * cos + first * sin), axis=-1)
+
+
+def rotate(
+    xp: ArrayNamespace,
+    x: Array,
+    cos: Array,
+    sin: Array,
+    *,
+    interleaved: bool,
+    seq: int,
+    feature: int,
+) -> Array:
+    """The rotation behind :func:`apply_rope` and the RoPE classes, for validated input and a
+    known ``xp``: ``seq``/``feature`` are normalised, distinct axes of ``x``; ``cos``/``sin``
+    are ``(seq, d/2)`` or ``(batch, seq, d/2)`` half tables in ``xp`` on ``x``'s device."""
+    moved = feature != x.ndim - 1
+    if moved:
+        x = xp.moveaxis(x, feature, -1)
+        seq = seq if seq < feature else seq - 1
+    name = namespace_name(xp)
+    work = compute_dtype(xp, x.dtype)
+    shape = tuple(x.shape)
+    rotary_dim = 2 * cos.shape[-1]
+    if rotary_dim > x.shape[-1]:
+        raise ValueError(
+            f"tables rotate {rotary_dim} features but x has only {x.shape[-1]} on feature_axis"
+        )
+    half = (rotary_dim // 2,)
+    kernel: Kernel
+    fast = "" if is_torch_compiling() else _torch_fast_path(name, x, interleaved, work)
+    if is_torch_compiling() or fast:
+        cos = xp.astype(_broadcast_table(xp, cos, shape, seq, "cos", half), work, copy=False)
+        sin = xp.astype(_broadcast_table(xp, sin, shape, seq, "sin", half), work, copy=False)
+        if fast == "complex":
+            cos = sin = sys.modules["torch"].complex(cos, sin)
+            kernel = _torch_complex_kernel
+        elif fast == "halves":
+            kernel = _torch_halves_kernel
+        else:  # torch.compile: the half-table form, which Inductor fuses into one loop
+
+            def kernel(x: Array, cos: Array, sin: Array) -> Array:
+                x = xp.astype(x, work, copy=False)
+                return _rotate_halves(xp, x, cos, sin, interleaved)
+
+        # One fused loop, one multiply or out= kernels: no temporary to keep in cache (unless
+        # x is upcast first).
+        chunked = fast != "" and x.dtype != work
+    else:
+        small = math.prod(shape) < SMALL
+        tail = pair_shape((rotary_dim,), interleaved)
+        _table_target(tuple(cos.shape), shape, seq, "cos")  # the caller's shape in errors
+        cos, sin = fold_tables(xp, cos, sin, interleaved)
+        cos = xp.astype(_broadcast_table(xp, cos, shape, seq, "cos", tail), work, copy=False)
+        sin = xp.astype(_broadcast_table(xp, sin, shape, seq, "sin", tail), work, copy=False)
+
+        def kernel(x: Array, cos: Array, sin: Array) -> Array:
+            return _rotate_folded(xp, name, x, cos, sin, interleaved, small)
+
+        chunked = not small
+    target = _CHUNK_ELEMENTS.get(name, _CHUNK_ELEMENTS["default"])
+    chunks = _chunks(shape, seq, rotary_dim, target) if chunked else []
+    if chunks and can_write_in_chunks(x):
+        out = _rotate_chunked(xp, kernel, x, cos, sin, chunks, seq=seq, rotary_dim=rotary_dim)
+    else:
+        head = x if rotary_dim == shape[-1] else x[..., :rotary_dim]
+        out = xp.astype(kernel(head, cos, sin), x.dtype, copy=False)
+        if rotary_dim < shape[-1]:
+            out = xp.concat((out, x[..., rotary_dim:]), axis=-1)
+    return xp.moveaxis(out, -1, feature) if moved else out
 
 
 def apply_rope(
@@ -158,7 +484,9 @@ def apply_rope(
     Returns
     -------
     Array with ``x``'s namespace, device, dtype and shape; bfloat16/float16 are rotated in
-    float32 and rounded once.
+    float32 and rounded once. On a CPU, eager NumPy/torch/array-api-strict input is rotated in
+    sequence chunks written into one new array (see ``benchmarks/``); the input is never
+    modified.
     """
     xp = array_namespace(x, cos, sin)
     if not xp.isdtype(x.dtype, "real floating"):
@@ -171,24 +499,7 @@ def apply_rope(
     seq = normalize_axis(seq_axis, x.ndim, "seq_axis")
     if feature == seq:
         raise ValueError(f"seq_axis and feature_axis must differ; both are axis {seq}")
-    moved = feature != x.ndim - 1
-    if moved:
-        x = xp.moveaxis(x, feature, -1)
-        seq = seq if seq < feature else seq - 1
-    rotary_dim = 2 * cos.shape[-1]
-    if rotary_dim > x.shape[-1]:
-        raise ValueError(
-            f"tables rotate {rotary_dim} features but x has only {x.shape[-1]} on feature_axis"
-        )
-    work = compute_dtype(xp, x.dtype)
-    shape = tuple(x.shape)
-    cos = xp.astype(_broadcast_table(xp, cos, shape, seq, "cos"), work, copy=False)
-    sin = xp.astype(_broadcast_table(xp, sin, shape, seq, "sin"), work, copy=False)
-    head = xp.astype(x[..., :rotary_dim], work, copy=False)
-    out = xp.astype(_rotate(xp, head, cos, sin, interleaved), x.dtype, copy=False)
-    if rotary_dim < x.shape[-1]:
-        out = xp.concat((out, x[..., rotary_dim:]), axis=-1)
-    return xp.moveaxis(out, -1, feature) if moved else out
+    return rotate(xp, x, cos, sin, interleaved=interleaved, seq=seq, feature=feature)
 
 
 def resolve_positions(

@@ -6,8 +6,9 @@ plain ``pytest`` runs every importable CPU profile.
 
 A test asks for one of these fixtures and is parametrised accordingly:
 
-* ``case``: profile x device x dtype (including bfloat16/float16) x mode. ``mode`` is
-  ``jit`` or ``eager`` for JAX profiles (every public function also runs under ``jax.jit``).
+* ``case``: profile x device x dtype (including bfloat16/float16) x mode. For JAX profiles
+  every public function runs under ``jax.jit`` on the default device and eagerly on the
+  second one (``mode`` ``jit``/``eager``).
 * ``float_case``: the same without the low-precision dtypes.
 * ``lowp_case``: only the low-precision dtypes.
 * ``placement``: profile x device (dtype float32), for tests about errors and state.
@@ -175,7 +176,11 @@ class Case:
         dtype = self.dtype if dtype is None else dtype
         if self.shape_only:  # meta tensors hold no data
             return self.xp.empty(np.shape(values), dtype=dtype, device=self.device)
-        return self.xp.asarray(np.asarray(values), dtype=dtype, device=self.device)
+        out = self.xp.asarray(np.asarray(values), dtype=dtype, device=self.device)
+        if namespace_name(self.xp) == "dask" and out.ndim:  # chunked along batch and sequence
+            halves = [max(1, -(-n // 2)) for n in out.shape]
+            out = out.rechunk((1, *halves[1:2], *out.shape[2:]) if out.ndim > 1 else halves)
+        return out
 
     def positions(self, values: Any) -> Any:
         return self.asarray(np.asarray(values), dtype=self.index_dtype)
@@ -235,8 +240,13 @@ def _cases(kind: str) -> list[Case]:
             "lowp_case": profile.low_precision_dtypes,
             "placement": ("float32",),
         }[kind]
-        modes = ("eager", "jit") if profile.jit == "jax" and kind != "placement" else ("eager",)
-        for device in profile.devices:
+        for index, device in enumerate(profile.devices):
+            modes: tuple[str, ...] = ("eager",)
+            if profile.jit == "jax" and kind != "placement":
+                # jit on the default device, eager on the others (a forgotten device= shows
+                # there); a profile with one device runs both.
+                both = len(profile.devices) == 1
+                modes = ("eager", "jit") if both else ("jit",) if index == 0 else ("eager",)
             for dtype in dtypes:
                 cases.extend(Case(profile, device, dtype, mode) for mode in modes)
     return cases

@@ -7,6 +7,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import olm_xp
 
 FRAMEWORKS = ("torch", "jax", "cupy", "dask", "flax")
@@ -31,12 +33,34 @@ def test_import_olm_xp_imports_no_framework():
 def test_every_submodule_and_a_numpy_call_import_no_framework():
     names = [m.name for m in pkgutil.walk_packages(olm_xp.__path__, "olm_xp.")]
     names.remove("olm_xp.__main__")  # runs the command when imported
+    # The framework adapters import their framework by design (tested below).
+    names = [n for n in names if n not in ("olm_xp.layers.torch", "olm_xp.layers.flax")]
     code = "\n".join(f"import {name}" for name in names) + (
         "\nimport numpy as np"
         "\nfrom olm_xp.nn.embeddings.positional import SinusoidalPositionalEmbedding"
         "\nSinusoidalPositionalEmbedding(4)(np.zeros((1, 2, 4)))"
     )
     assert _framework_modules(_modules_after(code)) == []
+
+
+@pytest.mark.parametrize(
+    ("module", "blocked", "extra"),
+    [
+        ("olm_xp.layers.torch", "torch", "olm-xp[torch]"),
+        ("olm_xp.layers.flax", "flax", "olm-xp[flax]"),
+    ],
+)
+def test_layers_without_their_framework_name_the_extra(module, blocked, extra):
+    """With the framework missing, importing its layers says which extra to install."""
+    script = (
+        f"import sys\nsys.modules[{blocked!r}] = None\n"
+        f"try:\n    import {module}\nexcept ImportError as err:\n    print(err)\n"
+        f"else:\n    print('imported')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], check=True, capture_output=True, text=True
+    ).stdout
+    assert f"pip install '{extra}'" in out, out
 
 
 def test_public_api_is_complete():

@@ -123,3 +123,83 @@ def test_rope_int_offset_decode_does_not_recompile_every_step():
     for t in range(20, 28):
         torch.testing.assert_close(compiled(step, t), module(step, t))
     assert counter.frame_count <= 2  # Dynamo marks the int dynamic after it changes once
+
+
+# -- attention biases and the reference attention ----------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["symmetric", "causal"])
+def test_alibi_fullgraph_compile_matches_eager(causal):
+    """A decode loop (one query, a growing key count) compiles at most twice."""
+    import torch._dynamo.testing
+
+    from olm_xp.nn.embeddings.positional import ALiBiPositionalBias
+
+    torch._dynamo.reset()
+    module = ALiBiPositionalBias(12, causal=causal, xp=torch, dtype=torch.float32)
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(module.forward, fullgraph=True, backend=counter)
+    for seq_len_k in range(9, 13):
+        torch.testing.assert_close(compiled(1, seq_len_k), module(1, seq_len_k), rtol=0, atol=0)
+    assert counter.frame_count <= 2
+    torch.testing.assert_close(compiled(4, 9), module(4, 9), rtol=0, atol=0)
+    if causal:
+        rows = compiled(3, 10, broadcastable=True)
+        torch.testing.assert_close(rows, module(3, 10, broadcastable=True), rtol=0, atol=0)
+    positions = torch.arange(5, 8)
+    torch.testing.assert_close(
+        compiled(3, 8, query_positions=positions), module(3, 8, query_positions=positions)
+    )
+
+
+def test_alibi_pure_function_with_plain_torch_namespace_under_compile():
+    from olm_xp import alibi_bias
+
+    torch._dynamo.reset()
+
+    def f(scores):
+        return scores + alibi_bias(4, 9, 2, causal=True, xp=torch, dtype=torch.float32)
+
+    scores = torch.zeros((1, 2, 4, 9))
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(scores), f(scores), rtol=0, atol=0)
+
+
+def test_t5_bias_fullgraph_compile_matches_eager():
+    import torch._dynamo.testing
+
+    from olm_xp.nn.embeddings.positional import T5RelativePositionBias
+
+    torch._dynamo.reset()
+    module = T5RelativePositionBias(4, bidirectional=False, xp=torch, seed=0)
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(module.forward, fullgraph=True, backend=counter)
+    for seq_len_k in (199, 200, 201):
+        torch.testing.assert_close(compiled(1, seq_len_k), module(1, seq_len_k), rtol=0, atol=0)
+    assert counter.frame_count <= 2
+    torch.testing.assert_close(compiled(9, 9), module(9, 9), rtol=0, atol=0)
+    positions = torch.tensor([[3, 9, 200], [0, 1, 2]])
+    torch.testing.assert_close(
+        compiled(3, 3, query_positions=positions), module(3, 3, query_positions=positions)
+    )
+
+
+def test_reference_attention_with_alibi_under_fullgraph_compile():
+    from olm_xp import alibi_bias, scaled_dot_product_attention
+
+    torch._dynamo.reset()
+
+    def layer(q, k, v):
+        bias = alibi_bias(q.shape[2], k.shape[2], q.shape[1], xp=torch, dtype=q.dtype)
+        return scaled_dot_product_attention(q, k, v, bias=bias, causal=True)
+
+    rng = np.random.default_rng(0)
+    q, k, v = (
+        torch.asarray(rng.standard_normal((2, 4, n, 8)), dtype=torch.float32) for n in (3, 7, 7)
+    )
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(q, k, v), layer(q, k, v))
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=alibi_bias(3, 7, 4, causal=True, xp=torch, dtype=torch.float32)
+    )
+    torch.testing.assert_close(layer(q, k, v), expected)

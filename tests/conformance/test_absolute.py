@@ -104,3 +104,41 @@ def test_train_eval_and_repr():
     assert "(pos_embedding): Embedding(5, 2)" in text
     assert "(dropout): Dropout(p=0.25)" in text
     assert "max_seq_len=5, embed_dim=2" in module.extra_repr()
+
+
+def test_modules_copy_and_pickle(placement):
+    import copy
+    import pickle
+
+    from olm_xp.nn.embeddings.positional import RotaryPositionalEmbedding
+
+    if placement.shape_only or placement.profile.module in ("dask.array",):
+        pytest.skip("meta tensors and lazy graphs are not copied by value here")
+    learned = AbsolutePositionalEmbedding(
+        4, 2, xp=placement.xp, device=placement.device, dtype=placement.xp.float32, seed=0
+    )
+    rotary = RotaryPositionalEmbedding(8, 16)
+    rotary(placement.asarray(np.zeros((1, 3, 1, 8))))  # fills its cache
+    # JAX device objects themselves do not pickle; deep copies work everywhere.
+    pickles = placement.profile.module != "jax.numpy"
+    for module in (learned, rotary):
+        clones = [copy.deepcopy(module)]
+        clones += [pickle.loads(pickle.dumps(module))] if pickles else []
+        for clone in clones:
+            assert repr(clone) == repr(module)
+    clone = copy.deepcopy(learned)
+    np.testing.assert_array_equal(
+        to_numpy(clone.pos_embedding.weight), to_numpy(learned.pos_embedding.weight)
+    )
+
+
+def test_positions_closed_over_inside_jit(placement):
+    """Concrete positions captured by a jitted function are read on the host, not traced."""
+    if placement.profile.jit != "jax":
+        pytest.skip("JAX only")
+    import jax
+
+    module = AbsolutePositionalEmbedding(8, 4, xp=placement.xp, device=placement.device, seed=0)
+    positions = placement.positions(np.array([1, 2, 3]))
+    out = jax.jit(lambda x: module(x, positions))(placement.asarray(np.zeros((1, 3, 4))))
+    assert out.shape == (1, 3, 4)

@@ -39,7 +39,8 @@ from olm_xp.nn.embeddings.positional import (
         (
             lambda: RotaryPositionalEmbedding(8, 16, rope_type="ntk-aware"),
             ValueError,
-            r"rope_type must be one of \['default', 'linear', 'ntk', 'dynamic', 'yarn', 'longrope', 'llama3'\]; got 'ntk-aware'",
+            r"rope_type must be one of \['default', 'linear', 'ntk', 'dynamic', 'yarn', "
+            r"'longrope', 'llama3'\]; got 'ntk-aware'",
         ),
         (
             lambda: RotaryPositionalEmbedding(8, 16, interleaved=1),
@@ -64,7 +65,8 @@ from olm_xp.nn.embeddings.positional import (
         (
             lambda: ScaledRotaryPositionalEmbedding(8, scaling_type="rope"),
             ValueError,
-            r"scaling_type must be one of \['linear', 'ntk', 'dynamic_ntk', 'yarn', 'xpos'\]; got 'rope'",
+            r"scaling_type must be one of \['linear', 'ntk', 'dynamic_ntk', 'yarn', 'xpos'\]; "
+            r"got 'rope'",
         ),
         (
             lambda: ScaledRotaryPositionalEmbedding(8, scaling_factor=0),

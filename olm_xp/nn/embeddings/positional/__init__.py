@@ -6,6 +6,7 @@ paper instead.
 """
 
 from olm_xp.nn.embeddings.positional.absolute import AbsolutePositionalEmbedding
+from olm_xp.nn.embeddings.positional.alibi import ALiBiPositionalBias
 from olm_xp.nn.embeddings.positional.base import PositionalEmbeddingBase
 from olm_xp.nn.embeddings.positional.llama3_rope import Llama3RotaryPositionalEmbedding
 from olm_xp.nn.embeddings.positional.rope import (
@@ -15,8 +16,10 @@ from olm_xp.nn.embeddings.positional.rope import (
     ScaledRotaryPositionalEmbedding,
 )
 from olm_xp.nn.embeddings.positional.sinusoidal import SinusoidalPositionalEmbedding
+from olm_xp.nn.embeddings.positional.t5_bias import T5RelativePositionBias
 
 __all__ = [
+    "ALiBiPositionalBias",
     "AbsolutePositionalEmbedding",
     "Llama3RotaryPositionalEmbedding",
     "PartialRotaryPositionalEmbedding",
@@ -25,4 +28,5 @@ __all__ = [
     "RotaryPositionalEmbedding",
     "ScaledRotaryPositionalEmbedding",
     "SinusoidalPositionalEmbedding",
+    "T5RelativePositionBias",
 ]

@@ -8,6 +8,9 @@ and ``to``. Learned arrays live in :class:`Embedding` children (so olm's state-d
 
 from __future__ import annotations
 
+import copy
+import importlib
+import types
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -171,6 +174,28 @@ class PositionalEmbeddingBase(ABC):
         tables = self._tables()
         for key, array in placed.items():
             tables[key.removesuffix(".weight")].weight = array
+
+    # -- copying -----------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """Modules pickle and deep-copy: the namespace module is stored by name."""
+        state = dict(vars(self))
+        if isinstance(state.get("xp"), types.ModuleType):
+            state["xp"] = state["xp"].__name__
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state.get("xp"), str):
+            state["xp"] = importlib.import_module(state["xp"])
+        vars(self).update(state)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        """A copy with its own arrays; the namespace and device objects are shared."""
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        for name, value in vars(self).items():
+            shared = name in ("xp", "device")
+            vars(clone)[name] = value if shared else copy.deepcopy(value, memo)
+        return clone
 
     # -- placement ---------------------------------------------------------------------------
     # Modules without learned arrays (sinusoidal, RoPE) follow their input and keep these None.

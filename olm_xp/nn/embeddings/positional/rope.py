@@ -10,7 +10,9 @@ change that) and positions as ``None``, an int or 0-D array offset (decoding), `
 
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -28,12 +30,21 @@ from olm_xp._compat import (
     index_dtype,
     is_concrete,
     is_torch_compiling,
+    max_value,
     namespace_name,
 )
 from olm_xp._typing import Array, ArrayNamespace
 from olm_xp._validation import check_positive_int, check_positive_number
 from olm_xp.nn.embeddings.positional.base import PositionalEmbeddingBase
-from olm_xp.rope import apply_rope, normalize_axis, resolve_positions
+from olm_xp.rope import (
+    SMALL,
+    normalize_axis,
+    resolve_positions,
+    rotate,
+    rotate_small,
+    rows_to_half,
+    table_rows,
+)
 from olm_xp.rope_frequencies import (
     DATA_DEPENDENT_TYPES,
     ROPE_TYPES,
@@ -51,6 +62,9 @@ __all__ = [
 ]
 
 Role = Literal["query", "key"]
+_LEAN: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], list[Any]]]
+_LEAN = weakref.WeakKeyDictionary()
+"""Per module: the settings of decode steps already validated, by input signature."""
 SCALING_TYPES = ("linear", "ntk", "dynamic_ntk", "yarn", "xpos")
 """olm's ``scaling_type`` names for the scaled classes."""
 XPOS_DEFAULT_SCALE_BASE = 512
@@ -144,25 +158,66 @@ class RotaryBase(PositionalEmbeddingBase):
         sign = 1.0 if role == "query" else -1.0
         return Decay(sign * np.log(zeta) / self.xpos_scale_base, center=self.max_seq_len // 2)
 
-    def _static_cos_sin(
+    @staticmethod
+    def _cacheable(positions: Any) -> bool:
+        """Whether this call's tables can come from the cache (concrete, not compiling)."""
+        if positions is None or isinstance(positions, int):
+            return not is_torch_compiling()
+        return (
+            hasattr(positions, "ndim")
+            and positions.ndim > 0
+            and is_concrete(positions)
+            and not is_torch_compiling()
+        )
+
+    def _traced_cos_sin(
         self, xp: ArrayNamespace, x: Array, positions: Any, seq: int, role: Role, dtype: Any
     ) -> tuple[Array, Array]:
-        decay = self._decay(role)
-        seq_len = x.shape[seq]
+        """Half tables computed in-graph (traced positions, ``torch.compile``): no cache."""
         device = device_of(x)
-        cacheable = not is_torch_compiling() and (
-            positions is None
-            or isinstance(positions, int)
-            or (hasattr(positions, "ndim") and positions.ndim > 0 and is_concrete(positions))
-        )
-        if not cacheable:
-            p = resolve_positions(
-                xp, x, positions, seq_axis=seq, index_dtype=index_dtype(xp, device)
-            )
-            return cos_sin(
-                p, self._inv_freq, xp=xp, device=device, dtype=dtype,
-                scale=self.attention_factor, decay=decay,
-            )  # fmt: skip
+        p = resolve_positions(xp, x, positions, seq_axis=seq, index_dtype=index_dtype(xp, device))
+        return cos_sin(
+            p, self._inv_freq, xp=xp, device=device, dtype=dtype,
+            scale=self.attention_factor, decay=self._decay(role),
+        )  # fmt: skip
+
+    def _build_rows(
+        self, xp: ArrayNamespace, device: Any, dtype: Any, role: Role, units: int, capacity: int
+    ) -> Array:
+        """:func:`olm_xp.rope.table_rows` of positions ``0..capacity-1``, shaped ``(1,
+        capacity, *(1,) * units, *row)``: the ``units`` unit axes stand for x's axes between its
+        sequence and feature axes, so an offset's rows broadcast against x's pair view as they
+        are sliced (a decode step reshapes nothing)."""
+        cos, sin = cos_sin(
+            capacity, self._inv_freq, xp=xp, device=device, dtype=dtype,
+            scale=self.attention_factor, decay=self._decay(role),
+        )  # fmt: skip
+        table = table_rows(xp, cos, sin, self.interleaved)
+        return xp.reshape(table, (1, capacity, *(1,) * units, *table.shape[1:]))
+
+    def _rows(
+        self, xp: ArrayNamespace, device: Any, dtype: Any, role: Role, units: int, rows: int
+    ) -> Array:
+        """The cached :meth:`_build_rows` table with at least ``rows`` positions."""
+        key = (namespace_name(xp), device_key(device), dtype_name(dtype), role, units)
+        build = functools.partial(self._build_rows, xp, device, dtype, role, units)
+        return self._cache.get(key, rows, build, axis=1)
+
+    def _units(self, x: Array, seq: int, feature: int) -> int:
+        return x.ndim - seq - 2 if feature == x.ndim - 1 else 0
+
+    def _cached_cos_sin(
+        self,
+        xp: ArrayNamespace,
+        x: Array,
+        positions: Any,
+        seq: int,
+        feature: int,
+        role: Role,
+        dtype: Any,
+    ) -> tuple[Array, Array]:
+        """Half tables ``(seq, d/2)`` or ``(batch, seq, d/2)`` from the cache."""
+        seq_len = x.shape[seq]
         p = None
         if positions is None or isinstance(positions, int):
             offset = 0 if positions is None else positions
@@ -171,23 +226,63 @@ class RotaryBase(PositionalEmbeddingBase):
             rows = offset + seq_len
         else:
             p = resolve_positions(xp, x, positions, seq_axis=seq, index_dtype=None)
-            rows = int(xp.max(p)) + 1 if math.prod(p.shape) else 0
-
-        def build(capacity: int) -> Array:
-            cos, sin = cos_sin(
-                capacity, self._inv_freq, xp=xp, device=device, dtype=dtype,
-                scale=self.attention_factor, decay=decay,
-            )  # fmt: skip
-            return xp.stack((cos, sin), axis=0)
-
-        key = (namespace_name(xp), device_key(device), dtype_name(dtype), role)
-        table = self._cache.get(key, rows, build)
+            rows = max_value(p) + 1 if math.prod(p.shape) else 0
+        table = self._rows(xp, device_of(x), dtype, role, self._units(x, seq, feature), rows)
         if p is None:
-            return table[0, offset:rows, :], table[1, offset:rows, :]
-        rows_at = xp.take(table, xp.reshape(p, (-1,)), axis=1)
-        shape = (2, *p.shape, table.shape[-1])
-        picked = xp.reshape(rows_at, shape)
-        return picked[0, ...], picked[1, ...]
+            picked = table[0, offset:rows, ...]
+            shape: tuple[int, ...] = (seq_len, self.rotary_dim // 2)
+        else:
+            picked = xp.take(table[0, ...], xp.reshape(p, (-1,)), axis=0)
+            shape = (*p.shape, self.rotary_dim // 2)
+        cos, sin = rows_to_half(xp, picked, self.interleaved)
+        return xp.reshape(cos, shape), xp.reshape(sin, shape)
+
+    def _decode_step(
+        self, xp: ArrayNamespace, x: Array, offset: int, seq: int, role: Role, dtype: Any
+    ) -> Array:
+        """A small input at an int offset, features last: cached rows, the fewest ops; and
+        the call's validated settings remembered for :meth:`_lean_step`."""
+        if offset < 0:
+            raise ValueError(f"seq_positions offset must be >= 0; got {offset}")
+        device = device_of(x)
+        units = x.ndim - seq - 2
+        table = self._rows(xp, device, dtype, role, units, offset + x.shape[seq])
+        key = (namespace_name(xp), device_key(device), dtype_name(dtype), role, units)
+        build = functools.partial(self._build_rows, xp, device, dtype, role, units)
+        lean = _LEAN.setdefault(self, {})
+        if len(lean) >= 16:  # a few signatures in practice; bounded regardless
+            lean.clear()
+        signature = (type(x), x.dtype, x.ndim, device, role)
+        lean[signature] = [xp, seq, dtype, key, build, table[0, ...], namespace_name(xp)]
+        return rotate_small(
+            xp, x, table[0, offset : offset + x.shape[seq], ...], self.interleaved, dtype
+        )
+
+    def _lean_step(self, x: Array, offset: Any, role: Role) -> Array | None:
+        """The decode step again for an input like one already validated by
+        :meth:`_decode_step` (same type, dtype, rank, device and role): only the checks that
+        can change between such inputs, then the cached rows and :func:`rotate_small`. None
+        when it does not apply (the full path then runs, and raises where it should)."""
+        if is_torch_compiling() or not (offset is None or type(offset) is int):
+            return None
+        memo = _LEAN.get(self)
+        try:
+            lean = (
+                None if memo is None else memo.get((type(x), x.dtype, x.ndim, device_of(x), role))
+            )
+        except (AttributeError, TypeError):  # not an array, or an unhashable dtype/device
+            return None
+        if lean is None:
+            return None
+        xp, seq, dtype, key, build, table, name = lean
+        offset = offset or 0
+        shape = x.shape
+        if offset < 0 or shape[-1] != self.head_dim or math.prod(shape) >= SMALL:
+            return None
+        rows = offset + shape[seq]
+        if table.shape[0] < rows:  # grown since: through the cache (which keeps it bounded)
+            table = lean[5] = self._cache.get(key, rows, build, axis=1)[0, ...]
+        return rotate_small(xp, x, table[offset:rows, ...], self.interleaved, dtype, name)
 
     def _data_dependent_cos_sin(
         self, xp: ArrayNamespace, x: Array, positions: Any, seq: int, dtype: Any
@@ -197,7 +292,7 @@ class RotaryBase(PositionalEmbeddingBase):
         p = resolve_positions(xp, x, positions, seq_axis=seq, index_dtype=index_dtype(xp, device))
         original = self.rope_parameters["original_max_position_embeddings"]
         if is_concrete(p):
-            length = int(xp.max(p)) + 1 if math.prod(p.shape) else 1
+            length = max_value(p) + 1 if math.prod(p.shape) else 1
             params = {**self.rope_parameters, "seq_len": length}
             inv_freq, factor = host_inverse_frequencies(
                 self.rotary_dim, self.rope_type, self.base, params
@@ -252,6 +347,9 @@ class RotaryBase(PositionalEmbeddingBase):
         -------
         The rotated array, with ``x``'s namespace, device, dtype and shape.
         """
+        lean = self._lean_step(x, seq_positions, role)
+        if lean is not None:
+            return lean
         if role not in ("query", "key"):
             raise ValueError(f"role must be 'query' or 'key'; got {role!r}")
         xp = array_namespace(x)
@@ -267,18 +365,26 @@ class RotaryBase(PositionalEmbeddingBase):
         if not xp.isdtype(x.dtype, "real floating"):
             raise TypeError(f"x must have a real floating dtype; got {dtype_name(x.dtype)}")
         dtype = compute_dtype(xp, x.dtype)
-        if self.rope_type in DATA_DEPENDENT_TYPES:
+        if feature == seq:
+            raise ValueError(f"seq_axis and feature_axis must differ; both are axis {seq}")
+        static = self.rope_type not in DATA_DEPENDENT_TYPES
+        offset = 0 if seq_positions is None else seq_positions
+        if (
+            static
+            and type(offset) is int
+            and feature == x.ndim - 1
+            and self.rotary_dim == self.head_dim
+            and math.prod(x.shape) < SMALL
+            and self._cacheable(seq_positions)
+        ):
+            return self._decode_step(xp, x, offset, seq, role, dtype)
+        if not static:
             cos, sin = self._data_dependent_cos_sin(xp, x, seq_positions, seq, dtype)
+        elif self._cacheable(seq_positions):
+            cos, sin = self._cached_cos_sin(xp, x, seq_positions, seq, feature, role, dtype)
         else:
-            cos, sin = self._static_cos_sin(xp, x, seq_positions, seq, role, dtype)
-        return apply_rope(
-            x,
-            cos,
-            sin,
-            interleaved=self.interleaved,
-            seq_axis=self.seq_axis,
-            feature_axis=self.feature_axis,
-        )
+            cos, sin = self._traced_cos_sin(xp, x, seq_positions, seq, role, dtype)
+        return rotate(xp, x, cos, sin, interleaved=self.interleaved, seq=seq, feature=feature)
 
     def extra_repr(self) -> str:
         parts = [f"head_dim={self.head_dim}"]

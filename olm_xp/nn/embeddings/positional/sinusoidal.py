@@ -13,6 +13,7 @@ from olm_xp._compat import (
     dtype_name,
     is_concrete,
     is_torch_compiling,
+    max_value,
     namespace_name,
 )
 from olm_xp._typing import Array
@@ -106,7 +107,7 @@ class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
         if seq_positions is None:
             rows = seq_len
         else:  # concrete: grow the table to the largest position (empty positions need none)
-            rows = int(xp.max(seq_positions)) + 1 if seq_positions.shape[-1] else 0
+            rows = max_value(seq_positions) + 1 if seq_positions.shape[-1] else 0
         table = self._cache.get(
             (namespace_name(xp), device_key(device), dtype_name(dtype)),
             rows,
