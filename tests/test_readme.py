@@ -39,7 +39,7 @@ def test_readme_examples_run():
             continue
         if "olm_xp.layers" in block or "jax_model" in block:
             continue  # the framework-layer examples: tests/layers/test_readme_layers.py
-        frameworks = [name for name in ("torch", "jax") if f"import {name}" in block]
+        frameworks = [name for name in ("torch", "jax") if re.search(rf"\b{name}\b", block)]
         if any(importlib.util.find_spec(name) is None for name in frameworks):
             continue  # shown for a framework this environment does not have
         exec(compile(block, "README.md", "exec"), namespace)
