@@ -269,6 +269,22 @@ def test_cache_is_bounded_and_never_holds_a_tracer(case, rng):
     assert all(is_concrete(t) for t in module._cache._tables.values())
 
 
+def test_decode_steps_in_new_traces_and_eagerly_share_one_module(case, rng):
+    """Decode-sized steps (int offsets: the lean path) traced one ``jax.jit`` at a time,
+    with eager calls between them: no step may reuse rows from an earlier trace (a leaked
+    tracer), and every step matches the reference."""
+    module = RotaryPositionalEmbedding(8, 16, 500)
+    x_host = rng.standard_normal((1, 2, 3, 8))
+    x = case.asarray(x_host)
+    inv_freq, _ = rope_frequencies_reference(8, "default", 500.0)
+    for offset in (0, 3, 0, 7):
+        expected = rope_reference(case.rounded(x_host), np.arange(2) + offset, inv_freq)
+        tol = _rotation_tol(case, offset + 1)
+        traced = case.call(lambda x, o=offset: module(x, o), x)
+        case.assert_close(traced, expected, tol_eps=tol, max_angle=offset + 1)
+        case.assert_close(module(x, offset), expected, tol_eps=tol, max_angle=offset + 1)
+
+
 def test_threads_share_one_module(placement, rng):
     module = RotaryPositionalEmbedding(16, 32)
     x_host = rng.standard_normal((1, 20, 2, 16))

@@ -249,11 +249,12 @@ class RotaryBase(PositionalEmbeddingBase):
         table = self._rows(xp, device, dtype, role, units, offset + x.shape[seq])
         key = (namespace_name(xp), device_key(device), dtype_name(dtype), role, units)
         build = functools.partial(self._build_rows, xp, device, dtype, role, units)
-        lean = _LEAN.setdefault(self, {})
-        if len(lean) >= 16:  # a few signatures in practice; bounded regardless
-            lean.clear()
-        signature = (type(x), x.dtype, x.ndim, device, role)
-        lean[signature] = [xp, seq, dtype, key, build, table[0, ...], namespace_name(xp)]
+        if is_concrete(x):  # never under a trace: the memo's rows would be a leaked tracer
+            lean = _LEAN.setdefault(self, {})
+            if len(lean) >= 16:  # a few signatures in practice; bounded regardless
+                lean.clear()
+            signature = (type(x), x.dtype, x.ndim, device, role)
+            lean[signature] = [xp, seq, dtype, key, build, table[0, ...], namespace_name(xp)]
         return rotate_small(
             xp, x, table[0, offset : offset + x.shape[seq], ...], self.interleaved, dtype
         )
