@@ -4,647 +4,102 @@
     Versions, and for every backend profile (``backends/*.toml``) whether its module imports,
     its version and its devices.
 ``olm-xp compare``
-    Runs every implemented scheme on every importable backend, device and dtype against the
-    float64 reference of :mod:`olm_xp.reference` and prints the error in units of the dtype's
-    machine epsilon, pass/fail against :data:`TOLERANCE_EPS` and the time per call.
+    Runs every scheme (:data:`olm_xp._compare.SCHEMES`: absolute, sinusoidal, every RoPE class
+    and scaling variant in both layouts, ALiBi, T5) on every importable backend, device and
+    dtype against the float64 reference of :mod:`olm_xp.reference`; prints the error in units
+    of the dtype's eps, pass/fail against :data:`TOLERANCE_EPS`, the time per call and the
+    largest difference between backends. ``--json``/``--report`` write it for machines/people.
+``olm-xp plot``
+    PNG figures (needs the ``plot`` extra: matplotlib), see :mod:`olm_xp._plot`.
 ``olm-xp support-table``
     The README's Markdown backend support table, generated from the profiles.
 
+Exit status: 0 success, 1 a comparison failed (or nothing could run), 2 a usage error (unknown
+names, an unwritable output path, a missing optional dependency).
+
 The profiles from :func:`olm_xp._profiles.load_profiles` are the only list of backends. This
-module imports no framework (torch, JAX, CuPy, Dask) when it is imported: a backend's module is
-imported only by :func:`import_backend`, for the profiles a command actually uses.
+module imports no framework (torch, JAX, CuPy, Dask) and no matplotlib when it is imported.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import fnmatch
 import json
-import os
 import platform
-import re
-import shlex
-import statistics
+import shutil
 import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from types import ModuleType
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import array_api_compat
 import numpy as np
 
 import olm_xp
-from olm_xp import reference
-from olm_xp._compat import (
-    device_key,
-    device_of,
-    dtype_name,
-    has_float64,
-    namespace_name,
-    resolve_namespace,
-    to_numpy,
+from olm_xp import _compare, _report
+from olm_xp._compare import (
+    SCHEMES,
+    TOLERANCE_EPS,
+    CompareResult,
+    CompareRow,
+    import_backend,
+    resolve_device,
+    visible_devices,
 )
+from olm_xp._compat import has_float64, resolve_namespace
 from olm_xp._profiles import BackendProfile, load_profiles
-from olm_xp._typing import Array, ArrayNamespace, Device, DType
-from olm_xp.nn.embeddings import positional
 
-__all__ = ["TOLERANCE_EPS", "CompareRow", "import_backend", "main"]
-
-TOLERANCE_EPS = 2.0
-"""The promised accuracy, in units of the output dtype's machine epsilon ``eps``.
-
-For every scheme, backend, device and dtype, ``max(|out - ref| / max(|ref|, 1)) <= 2 eps``,
-where ``ref`` is the float64 reference (:mod:`olm_xp.reference`) evaluated on the inputs as
-rounded to the dtype (and, for learned tables, on the table as stored). ``olm-xp compare``
-checks exactly this; it is the one place the number is written down. float64 results of
-trigonometric schemes get :func:`olm_xp.reference.float64_allowance_eps` on top: there the float64
-reference is no more exact than the result.
-"""
-
-# The seeded problem every backend solves (inputs drawn on the host in float64).
-SEED = 0
-BATCH = 2
-SEQ_LEN = 33
-EMBED_DIM = 64
-MAX_POSITION = 2**16 - 1
-"""Largest explicit position in the ``*-positions`` schemes (the sinusoidal table grows to it)."""
-ABSOLUTE_MAX_SEQ_LEN = 1024
-TIMED_CALLS = 5
-"""Calls timed per row (after the warm-up call whose result is checked); the median is shown."""
+__all__ = ["SCHEMES", "TOLERANCE_EPS", "CompareRow", "import_backend", "main"]
 
 
-# -- backends -------------------------------------------------------------------------------
+class UsageError(Exception):
+    """A bad command line: the message is printed and the exit status is 2."""
 
 
-def import_backend(profile: BackendProfile) -> ModuleType:
-    """Import ``profile.module`` (the only place a framework is imported).
+# -- progress -------------------------------------------------------------------------------
 
-    Raises whatever the import raises (``ImportError`` when the package is not installed).
+
+class ProgressBar:
+    """``compare``'s progress on stderr.
+
+    ``auto``: a bar redrawn in place when stderr is a terminal, nothing otherwise (logs stay
+    clean); ``always``: the bar on a terminal, else one plain line per backend/device/dtype;
+    ``never``: nothing.
     """
-    return importlib.import_module(profile.module)
 
-
-def _framework(name: str) -> Any:
-    """An already selected framework's top-level module (``torch``, ``jax``, ``cupy``, ...)."""
-    return importlib.import_module(name)
-
-
-def _pip_command(profile: BackendProfile) -> str:
-    return "pip install " + " ".join(shlex.quote(req) for req in profile.requirements)
-
-
-def _env_hint(profile: BackendProfile) -> str:
-    """The profile's environment settings that this process does not have, if any."""
-    missing = [f"{k}={v}" for k, v in profile.env.items() if os.environ.get(k) != v]
-    return f" (the profile runs with {' '.join(missing)})" if missing else ""
-
-
-def _module_version(module_name: str) -> str:
-    top = sys.modules.get(module_name.split(".")[0])
-    return str(getattr(top, "__version__", "?")) if top is not None else "?"
-
-
-def _device_label(device: Any) -> str:
-    """``array_api_strict.Device('device1')`` -> ``device1``; other devices as ``str``."""
-    text = str(device)
-    match = re.fullmatch(r"[\w.]+\((['\"])(.*)\1\)", text)
-    return match.group(2) if match else text
-
-
-def _index(name: str) -> int:
-    _, _, index = name.partition(":")
-    return int(index) if index else 0
-
-
-def visible_devices(xp: ArrayNamespace) -> list[str]:
-    """Names of the devices ``xp`` can use on this machine (for ``info``)."""
-    kind = namespace_name(xp)
-    if kind == "jax":
-        return [str(d) for d in _framework("jax").devices()]
-    if kind == "torch":
-        torch = _framework("torch")
-        names = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        mps = getattr(torch.backends, "mps", None)
-        return names + (["mps"] if mps is not None and mps.is_available() else [])
-    if kind == "cupy":
-        return [f"cuda:{i}" for i in range(_framework("cupy").cuda.runtime.getDeviceCount())]
-    return [_device_label(d) for d in xp.__array_namespace_info__().devices()]
-
-
-def resolve_device(xp: ArrayNamespace, name: str) -> Device | None:
-    """The device object for a profile's device ``name``, or None where it does not exist here.
-
-    jax: ``"cpu:1"`` is ``jax.devices("cpu")[1]``; torch: the device string; array-api-strict:
-    ``array_api_strict.Device(name)``; CuPy: ``cupy.cuda.Device(i)``; others: the entry of
-    ``__array_namespace_info__().devices()`` with that name.
-    """
-    kind = namespace_name(xp)
-    if kind == "jax":
-        try:
-            devices = _framework("jax").devices(name.partition(":")[0])
-        except RuntimeError:  # "Unknown backend cuda": no such platform here
-            return None
-        return devices[_index(name)] if _index(name) < len(devices) else None
-    if kind == "torch":
-        torch = _framework("torch")
-        device_type = torch.device(name).type
-        if device_type == "cpu":
-            return name
-        if device_type == "cuda":
-            present = torch.cuda.is_available() and _index(name) < torch.cuda.device_count()
-        elif device_type == "mps":
-            mps = getattr(torch.backends, "mps", None)
-            present = mps is not None and mps.is_available()
-        else:
-            present = False
-        # "cuda" -> "cuda:0": the name a result's device reports, so placements compare equal
-        return str(torch.empty(0, device=name).device) if present else None
-    if kind == "cupy":
-        cupy = _framework("cupy")
-        try:
-            count = cupy.cuda.runtime.getDeviceCount()
-        except Exception:  # no driver or no GPU
-            return None
-        return cupy.cuda.Device(_index(name)) if _index(name) < count else None
-    if kind == "array_api_strict":
-        strict = _framework("array_api_strict")
-        try:
-            device = strict.Device(name)
-        except ValueError:
-            return None
-        return device if device in xp.__array_namespace_info__().devices() else None
-    for device in xp.__array_namespace_info__().devices():
-        if _device_label(device) == name:
-            return device
-    return None
-
-
-def resolve_dtype(
-    xp: ArrayNamespace, module: ModuleType, name: str, device: Device
-) -> DType | None:
-    """The dtype ``name`` of ``xp`` usable on ``device`` here, or None.
-
-    Non-standard dtypes (bfloat16) come from the plain module; float64 counts only where the
-    backend can hold it (not JAX without ``jax_enable_x64``, not float64-less devices).
-    """
-    dtype = getattr(xp, name, None)
-    if dtype is None:
-        dtype = getattr(module, name, None)
-    if dtype is None:
-        return None
-    if name == "float64" and not has_float64(xp, device):
-        return None
-    return dtype
-
-
-def _index_dtype(xp: ArrayNamespace, device: Device) -> DType:
-    info = xp.__array_namespace_info__()
-    try:
-        return info.default_dtypes(device=device)["indexing"]
-    except (TypeError, ValueError):
-        return info.default_dtypes()["indexing"]
-
-
-def _synchronize(out: Array) -> None:
-    """Wait until ``out`` is computed (JAX dispatch, CUDA streams, Dask graphs)."""
-    if hasattr(out, "block_until_ready"):
-        out.block_until_ready()
-    elif array_api_compat.is_torch_array(out):
-        if out.device.type == "cuda":
-            _framework("torch").cuda.synchronize(out.device)
-    elif array_api_compat.is_cupy_array(out):
-        out.device.synchronize()
-    elif array_api_compat.is_dask_array(out):
-        out.compute()
-
-
-# -- schemes --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """One scheme, ready to run: ``call()`` computes on the backend, ``expected`` in float64."""
-
-    call: Callable[[], Array]
-    expected: np.ndarray[Any, np.dtype[np.float64]]
-    max_angle: float = 0.0  # largest trigonometric argument, for the float64 allowance
-
-
-Scheme = Callable[[ArrayNamespace, Device, DType], Prepared]
-
-
-def _host64(x: Array) -> np.ndarray[Any, np.dtype[np.float64]]:
-    return np.asarray(to_numpy(x), dtype=np.float64)
-
-
-def _seeded_x(
-    xp: ArrayNamespace, device: Device, dtype: DType, rng: np.random.Generator
-) -> tuple[Array, np.ndarray[Any, np.dtype[np.float64]]]:
-    """Seeded ``(batch, seq, dim)`` input on the device, and its rounded values in float64."""
-    host = rng.standard_normal((BATCH, SEQ_LEN, EMBED_DIM))
-    x = xp.asarray(host, dtype=dtype, device=device)
-    return x, _host64(x)
-
-
-def _seeded_positions(
-    xp: ArrayNamespace, device: Device, rng: np.random.Generator, high: int
-) -> tuple[Array, np.ndarray[Any, Any]]:
-    """Seeded ``(batch, seq)`` positions in ``[0, high]`` (``high`` included once)."""
-    host = rng.integers(0, high + 1, size=(BATCH, SEQ_LEN))
-    host[0, -1] = high
-    return xp.asarray(host, dtype=_index_dtype(xp, device), device=device), host
-
-
-def _sinusoidal_scheme(with_positions: bool) -> Scheme:
-    def prepare(xp: ArrayNamespace, device: Device, dtype: DType) -> Prepared:
-        rng = np.random.default_rng(SEED)
-        x, x64 = _seeded_x(xp, device, dtype, rng)
-        module = positional.SinusoidalPositionalEmbedding(EMBED_DIM)
-        module.eval()
-        if not with_positions:
-            expected = x64 + reference.sinusoidal_reference(SEQ_LEN, EMBED_DIM)
-            return Prepared(lambda: module(x), expected, max_angle=SEQ_LEN)
-        pos, pos_host = _seeded_positions(xp, device, rng, MAX_POSITION)
-        expected = x64 + reference.sinusoidal_reference(pos_host, EMBED_DIM)
-        return Prepared(lambda: module(x, pos), expected, max_angle=MAX_POSITION)
-
-    return prepare
-
-
-def _absolute_scheme(with_positions: bool) -> Scheme:
-    def prepare(xp: ArrayNamespace, device: Device, dtype: DType) -> Prepared:
-        rng = np.random.default_rng(SEED)
-        x, x64 = _seeded_x(xp, device, dtype, rng)
-        module = positional.AbsolutePositionalEmbedding(
-            ABSOLUTE_MAX_SEQ_LEN, EMBED_DIM, xp=xp, device=device, dtype=dtype, seed=SEED
-        )
-        module.eval()
-        table64 = _host64(module.pos_embedding.weight)
-        if not with_positions:
-            expected = reference.absolute_reference(x64, table64)
-            return Prepared(lambda: module(x), expected)
-        pos, pos_host = _seeded_positions(xp, device, rng, ABSOLUTE_MAX_SEQ_LEN - 1)
-        expected = reference.absolute_reference(x64, table64, pos_host)
-        return Prepared(lambda: module(x, pos), expected)
-
-    return prepare
-
-
-ALIBI_HEADS = 12
-"""Heads of the ALiBi schemes: not a power of two (8 geometric slopes, then 4 interleaved)."""
-T5_HEADS = 8
-DECODE_KEYS = 300
-"""Cached keys of the ``*-causal-decode`` schemes (one query, the newest position): beyond T5's
-``max_distance=128``, so every bucket is used."""
-
-
-def _alibi_scheme(causal_decode: bool) -> Scheme:
-    """olm's symmetric square bias, or one causal decode row (the newest query)."""
-
-    def prepare(xp: ArrayNamespace, device: Device, dtype: DType) -> Prepared:
-        module = positional.ALiBiPositionalBias(
-            ALIBI_HEADS, causal=causal_decode, xp=xp, device=device, dtype=dtype
-        )
-        seq_len_q, seq_len_k = (1, DECODE_KEYS) if causal_decode else (SEQ_LEN, SEQ_LEN)
-        slopes = reference.alibi_slopes_reference(ALIBI_HEADS)
-        expected = reference.alibi_reference(slopes, seq_len_q, seq_len_k, causal=causal_decode)
-        return Prepared(lambda: module(seq_len_q, seq_len_k), expected)
-
-    return prepare
-
-
-def _t5_scheme(causal_decode: bool) -> Scheme:
-    """The bidirectional square bias, or one causal decode row, from a seeded table."""
-
-    def prepare(xp: ArrayNamespace, device: Device, dtype: DType) -> Prepared:
-        module = positional.T5RelativePositionBias(
-            T5_HEADS, bidirectional=not causal_decode, xp=xp, device=device, dtype=dtype, seed=SEED
-        )
-        table64 = _host64(module.relative_attention_bias.weight)
-        seq_len_q, seq_len_k = (1, DECODE_KEYS) if causal_decode else (SEQ_LEN, SEQ_LEN)
-        expected = reference.t5_bias_reference(
-            table64, seq_len_q, seq_len_k, bidirectional=not causal_decode
-        )
-        return Prepared(lambda: module(seq_len_q, seq_len_k), expected)
-
-    return prepare
-
-
-SCHEMES: dict[str, Scheme] = {
-    "sinusoidal": _sinusoidal_scheme(with_positions=False),
-    "sinusoidal-positions": _sinusoidal_scheme(with_positions=True),
-    "absolute": _absolute_scheme(with_positions=False),
-    "absolute-positions": _absolute_scheme(with_positions=True),
-    "alibi": _alibi_scheme(causal_decode=False),
-    "alibi-causal-decode": _alibi_scheme(causal_decode=True),
-    "t5-bias": _t5_scheme(causal_decode=False),
-    "t5-bias-causal-decode": _t5_scheme(causal_decode=True),
-}
-"""Every implemented scheme: the class ``forward`` without and with explicit positions."""
-
-
-# -- compare --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CompareRow:
-    """One result of ``olm-xp compare`` (the ``--json`` file is a list of these)."""
-
-    backend: str
-    device: str
-    dtype: str
-    scheme: str
-    max_error_eps: float | None
-    tolerance_eps: float
-    passed: bool
-    seconds_per_call: float | None
-    error: str | None = None
-
-
-def _max_error_eps(out: np.ndarray[Any, Any], ref: np.ndarray[Any, Any], eps: float) -> float:
-    return float(np.max(np.abs(out - ref) / np.maximum(np.abs(ref), 1.0)) / eps)
-
-
-def _check_placement(
-    out: Array, expected: np.ndarray[Any, Any], dtype: DType, device: Device
-) -> str:
-    """Why ``out`` has the wrong shape, dtype or device ("" if it has the right ones)."""
-    if tuple(out.shape) != expected.shape:
-        return f"result has shape {tuple(out.shape)}, expected {expected.shape}"
-    if dtype_name(out.dtype) != dtype_name(dtype):
-        return f"result has dtype {dtype_name(out.dtype)}, expected {dtype_name(dtype)}"
-    got = device_of(out)
-    if got is not None and device_key(got) != device_key(device):
-        return f"result is on device {got}, expected {device}"
-    return ""
-
-
-def run_scheme(
-    backend: str,
-    device_name: str,
-    xp: ArrayNamespace,
-    device: Device,
-    dtype: DType,
-    scheme: str,
-    prepare: Scheme,
-) -> CompareRow:
-    """Run one scheme once (checked) and :data:`TIMED_CALLS` times (timed); never raises."""
-
-    tolerance = TOLERANCE_EPS
-
-    def row(error_eps: float | None, seconds: float | None, error: str | None) -> CompareRow:
-        passed = error is None and error_eps is not None and error_eps <= tolerance
-        return CompareRow(
-            backend,
-            device_name,
-            dtype_name(dtype),
-            scheme,
-            error_eps,
-            tolerance,
-            passed,
-            seconds,
-            error,
-        )
-
-    try:
-        eps = float(xp.finfo(dtype).eps)
-        case = prepare(xp, device, dtype)
-        if dtype_name(dtype) == "float64":
-            tolerance += reference.float64_allowance_eps(case.max_angle)
-        out = case.call()
-        _synchronize(out)
-        problem = _check_placement(out, case.expected, dtype, device)
-        if problem:
-            return row(None, None, problem)
-        error_eps = _max_error_eps(_host64(out), case.expected, eps)
-        if not np.isfinite(error_eps):
-            return row(None, None, "result has NaN or infinite values")
-        times = []
-        for _ in range(TIMED_CALLS):
-            start = time.perf_counter()
-            _synchronize(case.call())
-            times.append(time.perf_counter() - start)
-    except Exception as err:  # a backend that fails to run is a failed row, not a crash
-        return row(None, None, f"{type(err).__name__}: {err}".strip())
-    return row(error_eps, statistics.median(times), None)
-
-
-@dataclass
-class _Target:
-    """One device of one framework to compare on, with the profile its rows are reported as."""
-
-    profile: BackendProfile
-    device_name: str
-    device: Device
-    dtypes: list[tuple[str, DType]]
-
-
-@dataclass
-class _Plan:
-    targets: list[tuple[ArrayNamespace, _Target]] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # profile id -> reason and remedy
-    notes: list[str] = field(default_factory=list)
-
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
-
-
-def _plan_module(
-    plan: _Plan,
-    profiles: list[BackendProfile],
-    module: ModuleType,
-    dtype_filter: set[str] | None,
-) -> None:
-    """Add the devices and dtypes of profiles that share one module (e.g. jax.numpy) to ``plan``.
-
-    A device listed by several profiles is compared once, reported as the profile whose dtypes
-    this configuration supports best (for JAX: ``jax-cpu`` with x64 on, ``jax-cpu-x32`` off).
-    """
-    xp = resolve_namespace(module)
-    candidates: dict[str, list[BackendProfile]] = {}
-    devices: dict[str, Device] = {}
-    for profile in profiles:
-        for name in profile.devices:
-            if name in profile.shape_only_devices:
-                plan.note(f"{profile.id}: device {name} holds no data (shape only); not compared")
-                continue
-            if name not in devices:
-                devices[name] = resolve_device(xp, name)
-            if devices[name] is not None:
-                candidates.setdefault(name, []).append(profile)
-    for profile in profiles:
-        wanted = [d for d in profile.devices if d not in profile.shape_only_devices]
-        missing = [d for d in wanted if devices[d] is None]
-        if missing and len(missing) == len(wanted):
-            remedy = "needs a GPU" if profile.is_gpu else "needs that device"
-            plan.skipped[profile.id] = (
-                f"none of its devices ({', '.join(wanted)}) is available here; {remedy}"
-                f"{_env_hint(profile)}"
-            )
-        elif missing:
-            plan.note(
-                f"{profile.id}: device {', '.join(missing)} not available here{_env_hint(profile)}"
-            )
-    for name, group in candidates.items():
-        device = devices[name]
-        usable: dict[str, list[tuple[str, DType]]] = {}
-        unusable: dict[str, list[str]] = {}
-        for profile in group:
-            usable[profile.id], unusable[profile.id] = [], []
-            for dtype_id in (*profile.dtypes, *profile.low_precision_dtypes):
-                dtype = resolve_dtype(xp, module, dtype_id, device)
-                if dtype is None:
-                    unusable[profile.id].append(dtype_id)
-                else:
-                    usable[profile.id].append((dtype_id, dtype))
-        best = min(group, key=lambda p: (len(unusable[p.id]), -len(usable[p.id])))
-        dtypes: dict[str, DType] = {}
-        for profile in group:
-            for dtype_id in unusable[profile.id]:
-                if dtype_filter is not None and dtype_id not in dtype_filter:
-                    continue
-                plan.note(
-                    f"{profile.id}: {dtype_id} is not available on {name} here{_env_hint(profile)}"
-                )
-            dtypes.update(usable[profile.id])
-            if profile is not best:
-                plan.note(f"{profile.id}: {name} compared once, reported as {best.id}")
-        if dtype_filter is not None:
-            dtypes = {k: v for k, v in dtypes.items() if k in dtype_filter}
-        plan.targets.append((xp, _Target(best, name, device, list(dtypes.items()))))
-
-
-def plan_compare(profiles: Iterable[BackendProfile], dtype_filter: set[str] | None) -> _Plan:
-    """Import the selected profiles' modules and work out every (device, dtype) to compare."""
-    plan = _Plan()
-    by_module: dict[str, list[BackendProfile]] = {}
-    modules: dict[str, ModuleType] = {}
-    for profile in profiles:
-        try:
-            modules[profile.module] = import_backend(profile)
-        except ImportError as err:
-            plan.skipped[profile.id] = f"not installed ({err}); add it: {_pip_command(profile)}"
-            continue
-        except Exception as err:  # a broken install must not stop the other backends
-            plan.skipped[profile.id] = (
-                f"import failed ({type(err).__name__}: {err}); reinstall: {_pip_command(profile)}"
-            )
-            continue
-        by_module.setdefault(profile.module, []).append(profile)
-    for module_name, group in by_module.items():
-        try:
-            _plan_module(plan, group, modules[module_name], dtype_filter)
-        except Exception as err:
-            for profile in group:
-                plan.skipped[profile.id] = f"setup failed ({type(err).__name__}: {err})"
-    return plan
-
-
-def _format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} us"
-    if seconds < 1.0:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.3f} s"
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table with columns aligned to their widest cell."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = [headers, ["-" * w for w in widths], *rows]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
-    )
-
-
-def _result_label(row: CompareRow) -> str:
-    if row.error is not None:
-        return "ERROR"
-    return "pass" if row.passed else "FAIL"
-
-
-def _print_rows(rows: Sequence[CompareRow], out: TextIO) -> None:
-    headers = [
-        "backend",
-        "device",
-        "dtype",
-        "scheme",
-        "max err/eps",
-        "tol/eps",
-        "result",
-        "time/call",
-    ]
-    cells = [
-        [
-            r.backend,
-            r.device,
-            r.dtype,
-            r.scheme,
-            "-" if r.max_error_eps is None else f"{r.max_error_eps:.3g}",
-            f"{r.tolerance_eps:g}",
-            _result_label(r),
-            _format_seconds(r.seconds_per_call),
-        ]
-        for r in rows
-    ]
-    print(format_table(headers, cells), file=out)
-
-
-def compare(
-    profiles: Sequence[BackendProfile],
-    *,
-    dtype_filter: set[str] | None = None,
-    out: TextIO | None = None,
-) -> tuple[list[CompareRow], _Plan]:
-    """Run every scheme on every selected backend, device and dtype; print the table."""
-    out = sys.stdout if out is None else out
-    plan = plan_compare(profiles, dtype_filter)
-    rows: list[CompareRow] = []
-    for xp, target in plan.targets:
-        for _dtype_name, dtype in target.dtypes:
-            for scheme, prepare in SCHEMES.items():
-                rows.append(
-                    run_scheme(
-                        target.profile.id,
-                        target.device_name,
-                        xp,
-                        target.device,
-                        dtype,
-                        scheme,
-                        prepare,
-                    )
-                )
-    print(
-        f"olm-xp compare: error = max(|out - ref| / max(|ref|, 1)) in units of the dtype's eps, "
-        f"against the float64 reference; tolerance {TOLERANCE_EPS:g} eps",
-        file=out,
-    )
-    if rows:
-        _print_rows(rows, out)
-    else:
-        print("(nothing ran: no selected backend is usable here)", file=out)
-    errors = [r for r in rows if r.error is not None]
-    if errors:
-        print("\nerrors:", file=out)
-        for r in errors:
-            print(f"  {r.backend} {r.device} {r.dtype} {r.scheme}: {r.error}", file=out)
-    if plan.notes:
-        print("\nnotes:", file=out)
-        for note in plan.notes:
-            print(f"  {note}", file=out)
-    if plan.skipped:
-        print("\nskipped backends:", file=out)
-        for profile_id, reason in plan.skipped.items():
-            print(f"  {profile_id}: {reason}", file=out)
-    passed = sum(r.passed for r in rows)
-    skipped = f"; skipped: {', '.join(plan.skipped)}" if plan.skipped else ""
-    print(f"\ncompare: {passed} passed, {len(rows) - passed} failed{skipped}", file=out)
-    return rows, plan
+    WIDTH = 24
+
+    def __init__(self, stream: TextIO, mode: str) -> None:
+        tty = stream.isatty()
+        self.stream = stream
+        self.redraw = mode != "never" and tty
+        self.plain = mode == "always" and not tty
+        self.last_group = ""
+        self.drawn = 0
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        if self.plain:
+            group = " ".join(label.split(" ")[:3])
+            if label != "done" and group != self.last_group:
+                self.last_group = group
+                print(f"olm-xp compare: [{done}/{total}] {group}", file=self.stream, flush=True)
+            return
+        if not self.redraw:
+            return
+        if label == "done":
+            self.stream.write("\r" + " " * self.drawn + "\r")
+            self.stream.flush()
+            return
+        filled = self.WIDTH * done // total if total else self.WIDTH
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        line = f"[{bar}] {done}/{total} {label}"
+        width = max(shutil.get_terminal_size((80, 24)).columns - 1, 20)
+        line = line[:width]
+        self.stream.write("\r" + line.ljust(self.drawn))
+        self.stream.flush()
+        self.drawn = len(line)
 
 
 # -- info -----------------------------------------------------------------------------------
@@ -659,13 +114,13 @@ def _info(out: TextIO) -> int:
     cells = []
     for profile in load_profiles().values():
         try:
-            module = import_backend(profile)
+            module = _compare.import_backend(profile)
         except Exception as err:
             status = "not installed" if isinstance(err, ImportError) else "import failed"
-            detail = f"{type(err).__name__}: {err}; {_pip_command(profile)}"
+            detail = f"{type(err).__name__}: {err}; {_compare.pip_command(profile)}"
             cells.append([profile.id, profile.module, status, "-", "-", detail])
             continue
-        version = _module_version(profile.module)
+        version = _compare.module_version(profile.module)
         try:
             xp = resolve_namespace(module)
             devices = visible_devices(xp)
@@ -689,7 +144,7 @@ def _info(out: TextIO) -> int:
             status = f"ok ({', '.join(missing)} not here)"
         cells.append([profile.id, profile.module, status, version, float64, ", ".join(devices)])
     headers = ["profile", "module", "status", "version", "float64", "devices / how to add"]
-    print(format_table(headers, cells), file=out)
+    print(_report.format_table(headers, cells), file=out)
     return 0
 
 
@@ -727,7 +182,205 @@ def support_table(profiles: Iterable[BackendProfile]) -> str:
     return "\n".join(lines)
 
 
+# -- selection ------------------------------------------------------------------------------
+
+
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _unknown(option: str, bad: Sequence[str], valid: Iterable[str], hint: str = "") -> UsageError:
+    shown = ", ".join(map(repr, bad)) if bad else "(none given)"
+    return UsageError(f"unknown {option} {shown}; valid: {', '.join(valid)}{hint}")
+
+
+@dataclass(frozen=True)
+class Selection:
+    profiles: list[BackendProfile]
+    dtypes: set[str] | None
+    devices: set[str] | None
+    schemes: list[str] | None
+
+
+def _select(args: argparse.Namespace) -> Selection:
+    """Validate ``--backends``, ``--devices``, ``--dtypes`` and ``--schemes``."""
+    profiles = load_profiles()
+    selected = list(profiles.values())
+    if args.backends is not None:
+        names = _split(args.backends)
+        bad = [n for n in names if n not in profiles]
+        if bad or not names:
+            raise _unknown("--backends", bad, profiles)
+        selected = [profiles[n] for n in dict.fromkeys(names)]
+    dtypes = devices = None
+    if args.dtypes is not None:
+        known = list(
+            dict.fromkeys(
+                d for p in profiles.values() for d in (*p.dtypes, *p.low_precision_dtypes)
+            )
+        )
+        dtypes = set(_split(args.dtypes))
+        if not dtypes or not dtypes <= set(known):
+            raise _unknown("--dtypes", sorted(dtypes - set(known)), known)
+    if args.devices is not None:
+        known = list(dict.fromkeys(d for p in profiles.values() for d in p.devices))
+        devices = set(_split(args.devices))
+        if not devices or not devices <= set(known):
+            raise _unknown("--devices", sorted(devices - set(known)), known)
+    schemes = None
+    if args.schemes is not None:
+        patterns = _split(args.schemes)
+        matched: dict[str, None] = {}
+        bad = []
+        for pattern in patterns:
+            hits = [n for n in SCHEMES if fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                bad.append(pattern)
+            matched.update(dict.fromkeys(hits))
+        if bad or not patterns:
+            hint = " (globs such as 'rope-*-half' work; `olm-xp compare --list-schemes`)"
+            raise _unknown("--schemes", bad, SCHEMES, hint)
+        schemes = [n for n in SCHEMES if n in matched]
+    return Selection(selected, dtypes, devices, schemes)
+
+
+def _open_for_writing(path: str, option: str) -> TextIO:
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"cannot write {option} {path}: {err.strerror or err}") from None
+
+
+def _report_format(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in (".html", ".htm"):
+        return "html"
+    if suffix in (".md", ".markdown"):
+        return "markdown"
+    raise UsageError(f"--report {path}: the file name must end in .html, .htm or .md")
+
+
+# -- compare --------------------------------------------------------------------------------
+
+
+def run_compare(selection: Selection, progress_mode: str) -> CompareResult:
+    progress = ProgressBar(sys.stderr, progress_mode)
+    return _compare.compare(
+        selection.profiles,
+        dtype_filter=selection.dtypes,
+        device_filter=selection.devices,
+        schemes=selection.schemes,
+        progress=progress,
+    )
+
+
+def _list_schemes(out: TextIO) -> int:
+    cells = [[s.name, s.summary] for s in SCHEMES.values()]
+    print(_report.format_table(["scheme", "what it runs"], cells), file=out)
+    return 0
+
+
+def _compare_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.list_schemes:
+        return _list_schemes(sys.stdout)
+    selection = _select(args)
+    report_format = _report_format(args.report) if args.report is not None else None
+    outputs: dict[str, TextIO] = {}
+    try:
+        if args.json is not None:
+            outputs["json"] = _open_for_writing(args.json, "--json")
+        if args.report is not None:
+            outputs["report"] = _open_for_writing(args.report, "--report")
+        result = run_compare(selection, args.progress)
+        _report.print_text(result, sys.stdout, colour=_report.stream_supports_colour(sys.stdout))
+        if "json" in outputs:
+            json.dump(_report.json_document(result, argv), outputs["json"], indent=2)
+            outputs["json"].write("\n")
+        if "report" in outputs:
+            write = _report.html_report if report_format == "html" else _report.markdown_report
+            outputs["report"].write(write(result, argv))
+    finally:
+        for stream in outputs.values():
+            stream.close()
+    if not result.rows:
+        print("olm-xp compare: nothing ran (see the skipped backends above)", file=sys.stderr)
+        return 1
+    return 0 if not result.failed else 1
+
+
+# -- plot -----------------------------------------------------------------------------------
+
+
+def _rows_from_json(path: str) -> list[dict[str, Any]]:
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = document["rows"]
+        fields = ("backend", "device", "dtype", "scheme", "max_error_eps", "tolerance_eps")
+        for row in rows:
+            missing = [k for k in fields if k not in row]
+            if missing:
+                raise KeyError(f"a row lacks {missing}")
+    except OSError as err:
+        raise UsageError(f"cannot read --compare-json {path}: {err.strerror or err}") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise UsageError(
+            f"--compare-json {path} is not an `olm-xp compare --json` file ({type(err).__name__}: "
+            f"{err})"
+        ) from None
+    return list(rows)
+
+
+def _plot_command(args: argparse.Namespace) -> int:
+    from olm_xp import _plot
+
+    try:
+        _plot.require_matplotlib()
+    except ImportError as err:
+        raise UsageError(str(err)) from None
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".olm-xp-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"cannot write to --out {out}: {err.strerror or err}") from None
+    if args.compare_json is not None:
+        rows = _rows_from_json(args.compare_json)
+    else:
+        selection = _select(args)
+        result = run_compare(selection, args.progress)
+        rows = [asdict(r) for r in result.rows]
+        print(_report.summary_line(result), file=sys.stderr)
+    for path in _plot.write_figures(out, rows):
+        print(path)
+    return 0
+
+
 # -- command line ---------------------------------------------------------------------------
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backends", metavar="IDS", help="comma-separated profile ids (default: all)"
+    )
+    parser.add_argument(
+        "--devices", metavar="NAMES", help="comma-separated device names, e.g. cpu,device1"
+    )
+    parser.add_argument(
+        "--dtypes", metavar="NAMES", help="comma-separated dtypes, e.g. float32,bfloat16"
+    )
+    parser.add_argument(
+        "--schemes",
+        metavar="NAMES",
+        help="comma-separated scheme names or globs, e.g. 'sinusoidal,rope-*-half'",
+    )
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress on stderr: auto (a bar when stderr is a terminal), always, never",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -740,75 +393,50 @@ def _parser() -> argparse.ArgumentParser:
     cmp = commands.add_parser(
         "compare",
         help="run every scheme on every backend, device and dtype against the float64 reference",
-        description=f"Exit status: 0 if every row is within {TOLERANCE_EPS:g} eps, 1 if any "
-        "row fails, 2 for a usage error.",
+        description=f"{_report.METRIC}. Exit status: 0 if every row is within its tolerance "
+        f"({TOLERANCE_EPS:g} eps), 1 if any row fails or nothing could run, 2 for a usage "
+        "error.",
     )
-    cmp.add_argument("--backends", metavar="IDS", help="comma-separated profile ids (default: all)")
-    cmp.add_argument("--dtypes", metavar="NAMES", help="comma-separated dtypes (default: all)")
-    cmp.add_argument("--json", metavar="FILE", help="also write every row as JSON to FILE")
+    _add_filters(cmp)
+    cmp.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    cmp.add_argument(
+        "--report", metavar="FILE", help="also write a report for people: FILE.html or FILE.md"
+    )
+    cmp.add_argument(
+        "--list-schemes", action="store_true", help="list the schemes and what each runs; exit"
+    )
+    plot = commands.add_parser(
+        "plot",
+        help="write PNG figures (needs matplotlib: pip install 'olm-xp[plot]')",
+        description="Writes sinusoidal_heatmap.png, rope_inverse_frequencies.png, "
+        "rope_angle_error.png, alibi_bias.png and compare_errors.png into --out. The compare "
+        "heatmap comes from --compare-json, or from a compare run with the filters given.",
+    )
+    plot.add_argument("--out", metavar="DIR", required=True, help="folder for the PNG files")
+    plot.add_argument(
+        "--compare-json", metavar="FILE", help="an `olm-xp compare --json` file to plot"
+    )
+    _add_filters(plot)
     commands.add_parser("support-table", help="print the README's Markdown backend support table")
     return parser
 
 
-def _split(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _compare_command(args: argparse.Namespace) -> int:
-    profiles = load_profiles()
-    selected = list(profiles.values())
-    if args.backends is not None:
-        names = _split(args.backends)
-        unknown = [n for n in names if n not in profiles]
-        if unknown or not names:
-            print(
-                f"olm-xp compare: unknown backend(s) {', '.join(map(repr, unknown)) or '(none)'}; "
-                f"valid profile ids: {', '.join(profiles)}",
-                file=sys.stderr,
-            )
-            return 2
-        selected = [profiles[n] for n in dict.fromkeys(names)]
-    dtype_filter = None
-    if args.dtypes is not None:
-        known = {d for p in profiles.values() for d in (*p.dtypes, *p.low_precision_dtypes)}
-        dtype_filter = set(_split(args.dtypes))
-        if not dtype_filter or not dtype_filter <= known:
-            bad = ", ".join(sorted(dtype_filter - known)) or "(none)"
-            print(
-                f"olm-xp compare: unknown dtype(s) {bad}; valid: {', '.join(sorted(known))}",
-                file=sys.stderr,
-            )
-            return 2
-    json_file = None
-    if args.json is not None:
-        try:
-            json_file = open(args.json, "w", encoding="utf-8")  # noqa: SIM115 - closed below
-        except OSError as err:
-            print(
-                f"olm-xp compare: cannot write --json {args.json}: {err.strerror or err}",
-                file=sys.stderr,
-            )
-            return 2
-    try:
-        rows, _ = compare(selected, dtype_filter=dtype_filter)
-        if json_file is not None:
-            json.dump([asdict(r) for r in rows], json_file, indent=2)
-            json_file.write("\n")
-    finally:
-        if json_file is not None:
-            json_file.close()
-    return 0 if all(r.passed for r in rows) else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``olm-xp``; return the exit status (0 ok, 1 a comparison failed, 2 usage error)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:  # --help, --version and usage errors
         return exit_.code if isinstance(exit_.code, int) else 2
-    if args.command == "info":
-        return _info(sys.stdout)
-    if args.command == "support-table":
-        print(support_table(load_profiles().values()))
-        return 0
-    return _compare_command(args)
+    try:
+        if args.command == "info":
+            return _info(sys.stdout)
+        if args.command == "support-table":
+            print(support_table(load_profiles().values()))
+            return 0
+        if args.command == "plot":
+            return _plot_command(args)
+        return _compare_command(args, argv)
+    except UsageError as err:
+        print(f"olm-xp {args.command}: {err}", file=sys.stderr)
+        return 2

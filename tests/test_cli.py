@@ -1,23 +1,29 @@
-"""The ``olm-xp`` command: ``info``, ``compare`` and ``support-table``.
+"""The ``olm-xp`` command: ``info``, ``compare``, ``plot`` and ``support-table``.
 
-Comparisons run on NumPy (and array-api-strict) only, so the file stays fast; the full matrix is
-``olm-xp compare`` itself.
+Comparisons run on NumPy (and array-api-strict) only, mostly filtered to float32 and a few
+schemes, so the file stays fast; the full matrix is ``olm-xp compare`` itself (``nox -s bare``
+on NumPy, ``nox -s compare`` on every CPU backend).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import io
 import json
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import olm_xp
 import olm_xp.reference
-from olm_xp import cli
+import olm_xp.rope_frequencies
+from olm_xp import _compare, cli
 from olm_xp._profiles import BackendProfile, load_profiles
 from olm_xp.nn.embeddings.positional import (
     AbsolutePositionalEmbedding,
@@ -25,6 +31,7 @@ from olm_xp.nn.embeddings.positional import (
 )
 
 PROFILES = load_profiles()
+SCHEMES = list(cli.SCHEMES)
 ROW_KEYS = {
     "backend",
     "device",
@@ -34,10 +41,26 @@ ROW_KEYS = {
     "tolerance_eps",
     "passed",
     "seconds_per_call",
+    "error",
+}
+DOCUMENT_KEYS = {
+    "schema_version",
+    "command",
+    "environment",
+    "metric",
+    "tolerance_eps",
+    "passed",
+    "summary",
+    "rows",
+    "pairwise",
+    "skipped",
+    "notes",
+    "schemes",
 }
 FRAMEWORKS = ("torch", "jax", "jaxlib", "cupy", "dask")
-# NumPy in the dtypes it meets the promise in today (float64 sinusoidal does not: see below).
-FAST = ["--backends", "numpy", "--dtypes", "float32,float16"]
+NUMPY32 = ["--backends", "numpy", "--dtypes", "float32"]
+FEW = ["--schemes", "sinusoidal*,absolute,rope-yarn-*,rope-decode-half"]
+"""A handful of schemes: fast, and both layouts of one RoPE variant."""
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -46,10 +69,20 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    document = json.loads(path.read_text())
+    assert isinstance(document, dict)
+    return document
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    rows = json.loads(path.read_text())
+    rows = read_json(path)["rows"]
     assert isinstance(rows, list)
     return rows
+
+
+def last_line(text: str) -> str:
+    return text.rstrip().splitlines()[-1]
 
 
 def pip_command(profile: BackendProfile) -> str:
@@ -62,29 +95,69 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# -- what compare covers --------------------------------------------------------------------
+
+
+def test_every_rope_class_and_variant_in_both_layouts() -> None:
+    families = {
+        "rope": "RotaryPositionalEmbedding",
+        "rope-partial": "PartialRotaryPositionalEmbedding",
+        "rope-llama3": "Llama3RotaryPositionalEmbedding",
+        "rope-longrope": "rope_type='longrope'",
+    }
+    for scaling in ("linear", "ntk", "dynamic", "yarn", "xpos"):
+        families[f"rope-{scaling}"] = "ScaledRotaryPositionalEmbedding"
+        families[f"rope-partial-{scaling}"] = "PartialScaledRotaryPositionalEmbedding"
+    for name, text in families.items():
+        for layout in ("interleaved", "half"):
+            scheme = cli.SCHEMES[f"{name}-{layout}"]
+            assert text in scheme.summary
+            assert ("interleaved" if layout == "interleaved" else "half-split") in scheme.summary
+    for other in ("sinusoidal", "absolute", "alibi", "t5-bias"):
+        assert other in cli.SCHEMES
+        assert f"{other}-" in " ".join(cli.SCHEMES)  # and a second form of each (positions)
+    # every HF rope_type shows up in the reference of some scheme
+    summaries = " ".join(s.summary for s in cli.SCHEMES.values()).lower()
+    for rope_type in olm_xp.ROPE_TYPES:
+        spelled = {"default": "rotarypositionalembedding,", "dynamic": "dynamic_ntk"}
+        assert spelled.get(rope_type, rope_type) in summaries
+
+
 # -- compare --------------------------------------------------------------------------------
 
 
-def test_compare_numpy_writes_passing_rows(
+def test_compare_numpy_float32_json_document(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = tmp_path / "rows.json"
-    code, out, err = run(capsys, "compare", *FAST, "--json", str(path))
+    code, out, err = run(capsys, "compare", *NUMPY32, "--json", str(path))
     assert (code, err) == (0, "")
-    rows = read_rows(path)
-    assert {(r["dtype"], r["scheme"]) for r in rows} == {
-        (dtype, scheme) for dtype in ("float32", "float16") for scheme in cli.SCHEMES
-    }
-    assert len(rows) == 2 * len(cli.SCHEMES)
+    document = read_json(path)
+    assert set(document) == DOCUMENT_KEYS
+    assert document["schema_version"] == 1
+    assert document["command"] == ["olm-xp", "compare", *NUMPY32, "--json", str(path)]
+    assert document["environment"]["olm_xp"] == olm_xp.__version__
+    assert document["tolerance_eps"] == cli.TOLERANCE_EPS
+    assert document["passed"] is True
+    rows = document["rows"]
+    assert [r["scheme"] for r in rows] == SCHEMES
+    assert document["summary"]["rows"] == document["summary"]["passed"] == len(SCHEMES)
+    assert document["summary"]["failed"] == 0
+    assert set(document["schemes"]) == set(SCHEMES)
     for row in rows:
-        assert set(row) >= ROW_KEYS
-        assert (row["backend"], row["device"]) == ("numpy", "cpu")
+        assert set(row) == ROW_KEYS
+        assert (row["backend"], row["device"], row["dtype"]) == ("numpy", "cpu", "float32")
         assert row["tolerance_eps"] == cli.TOLERANCE_EPS
         assert row["passed"] is True
+        assert row["error"] is None
         assert 0 <= row["max_error_eps"] <= row["tolerance_eps"]
         assert row["seconds_per_call"] > 0
-    assert out.rstrip().splitlines()[-1] == f"compare: {len(rows)} passed, 0 failed"
-    assert "sinusoidal-positions" in out
+    for pair in document["pairwise"]:  # one backend: nothing to compare with
+        assert set(pair) == {"scheme", "dtype", "results", "max_difference_eps", "between"}
+        assert (pair["results"], pair["max_difference_eps"], pair["between"]) == (1, None, [])
+    assert last_line(out) == f"compare: {len(rows)} passed, 0 failed"
+    assert "rope-partial-xpos-half" in out
+    assert "max err/eps" in out
 
 
 def test_compare_numpy_every_dtype_passes(
@@ -93,14 +166,16 @@ def test_compare_numpy_every_dtype_passes(
     path = tmp_path / "rows.json"
     code, _, _ = run(capsys, "compare", "--backends", "numpy", "--json", str(path))
     rows = read_rows(path)
+    assert {r["dtype"] for r in rows} == {"float32", "float64", "float16"}
+    assert len(rows) == 3 * len(SCHEMES)
     failed = [(r["dtype"], r["scheme"], r["max_error_eps"]) for r in rows if not r["passed"]]
     assert failed == []
     assert code == 0
 
 
-def test_python_m_olm_xp_compare(tmp_path: Path) -> None:
+def test_python_m_olm_xp_compare_and_pairwise_differences(tmp_path: Path) -> None:
     path = tmp_path / "rows.json"
-    args = ["compare", "--backends", "numpy,array_api_strict", "--dtypes", "float32"]
+    args = ["compare", "--backends", "numpy,array_api_strict", "--dtypes", "float32", *FEW]
     result = subprocess.run(
         [sys.executable, "-m", "olm_xp", *args, "--json", str(path)],
         capture_output=True,
@@ -108,24 +183,52 @@ def test_python_m_olm_xp_compare(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = read_rows(path)
-    assert {(r["backend"], r["device"]) for r in rows} >= {
+    document = read_json(path)
+    rows = document["rows"]
+    assert {(r["backend"], r["device"]) for r in rows} == {
         ("numpy", "cpu"),
         ("array_api_strict", "CPU_DEVICE"),
         ("array_api_strict", "device1"),
     }
     assert all(r["passed"] for r in rows)
+    schemes = list(dict.fromkeys(r["scheme"] for r in rows))
+    assert [(p["scheme"], p["dtype"], p["results"]) for p in document["pairwise"]] == [
+        (s, "float32", 3) for s in schemes
+    ]
+    for pair in document["pairwise"]:  # bounded by twice the tolerance, by the triangle rule
+        assert 0 <= pair["max_difference_eps"] <= 2 * cli.TOLERANCE_EPS
+    assert "largest difference between any two backends" in result.stdout
     assert f"compare: {len(rows)} passed, 0 failed" in result.stdout
+
+
+def test_pairwise_difference_names_the_backends_that_differ(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    real = SinusoidalPositionalEmbedding.forward
+
+    def off_on_device1(self: Any, x: Any, *args: Any) -> Any:
+        out = real(self, x, *args)
+        return out + 1e-6 if "device1" in str(getattr(x, "device", "")) else out
+
+    monkeypatch.setattr(SinusoidalPositionalEmbedding, "forward", off_on_device1)
+    path = tmp_path / "rows.json"
+    args = ["--backends", "numpy,array_api_strict", "--dtypes", "float32"]
+    run(capsys, "compare", *args, "--schemes", "sinusoidal", "--json", str(path))
+    (pair,) = read_json(path)["pairwise"]
+    assert pair["results"] == 3
+    assert pair["max_difference_eps"] > 5  # 1e-6 is ~8 float32 eps
+    assert "array_api_strict device1" in pair["between"]
 
 
 def test_importing_cli_and_comparing_numpy_imports_no_framework() -> None:
     code = (
         "import sys\n"
         "import olm_xp.cli\n"
-        f"frameworks = {FRAMEWORKS!r}\n"
+        f"frameworks = {(*FRAMEWORKS, 'matplotlib')!r}\n"
         "def loaded(): return sorted(m for m in sys.modules if m.split('.')[0] in frameworks)\n"
         "assert not loaded(), loaded()\n"
-        "rc = olm_xp.cli.main(['compare', '--backends', 'numpy', '--dtypes', 'float32'])\n"
+        "rc = olm_xp.cli.main(['compare', '--backends', 'numpy', '--dtypes', 'float32',\n"
+        "                      '--schemes', 'sinusoidal,rope-yarn-half'])\n"
         "assert not loaded(), loaded()\n"
         "raise SystemExit(rc)\n"
     )
@@ -138,7 +241,8 @@ import sys
 
 class Uninstalled:  # as if only numpy and array-api-compat were installed
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"torch", "jax", "jaxlib", "cupy", "dask", "array_api_strict"}:
+        blocked = {"torch", "jax", "jaxlib", "cupy", "dask", "array_api_strict", "matplotlib"}
+        if name.split(".")[0] in blocked:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 
@@ -153,8 +257,9 @@ def test_bare_install_compares_numpy_alone_and_lists_the_rest() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     others = [p for p in PROFILES.values() if p.id != "numpy"]
-    last = result.stdout.rstrip().splitlines()[-1]
-    assert last.startswith(f"compare: {len(cli.SCHEMES)} passed, 0 failed; skipped: ")
+    last = last_line(result.stdout)
+    assert last.startswith(f"compare: {len(SCHEMES)} passed, 0 failed; skipped: ")
+    assert "skipped backends:" in result.stdout
     for profile in others:
         assert profile.id in last
         assert f"{profile.id}: not installed" in result.stdout
@@ -171,6 +276,14 @@ def test_bare_install_info_reports_not_installed() -> None:
     assert result.stdout.count("not installed") == len(PROFILES) - 1
 
 
+def test_bare_install_plot_names_the_extra() -> None:
+    result = run_python(BARE_INSTALL, "plot", "--out", "unused-dir")
+    assert result.returncode == 2
+    assert "olm-xp plot needs matplotlib" in result.stderr
+    assert "pip install 'olm-xp[plot]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("error", "status"),
     [
@@ -185,31 +298,25 @@ def test_backend_failing_to_import_is_skipped(
     error: Exception,
     status: str,
 ) -> None:
-    real_import = cli.import_backend
+    real_import = _compare.import_backend
 
     def import_backend(profile: BackendProfile) -> Any:
         if profile.id == "array_api_strict":
             raise error
         return real_import(profile)
 
-    monkeypatch.setattr(cli, "import_backend", import_backend)
+    monkeypatch.setattr(_compare, "import_backend", import_backend)
     path = tmp_path / "rows.json"
-    code, out, _ = run(
-        capsys,
-        "compare",
-        "--backends",
-        "numpy,array_api_strict",
-        "--dtypes",
-        "float32",
-        "--json",
-        str(path),
-    )
+    args = ["--backends", "numpy,array_api_strict", "--dtypes", "float32", *FEW]
+    code, out, _ = run(capsys, "compare", *args, "--json", str(path))
     assert code == 0
-    assert {r["backend"] for r in read_rows(path)} == {"numpy"}
+    document = read_json(path)
+    assert {r["backend"] for r in document["rows"]} == {"numpy"}
+    assert list(document["skipped"]) == ["array_api_strict"]
     assert f"array_api_strict: {status}" in out
     assert str(error) in out
     assert pip_command(PROFILES["array_api_strict"]) in out
-    assert out.rstrip().splitlines()[-1].endswith("; skipped: array_api_strict")
+    assert last_line(out).endswith("; skipped: array_api_strict")
 
 
 def _add_1e_3(function: Any) -> Any:
@@ -232,18 +339,62 @@ def test_planted_wrong_result_fails(
     else:
         wrong = _add_1e_3(SinusoidalPositionalEmbedding.forward)
         monkeypatch.setattr(SinusoidalPositionalEmbedding, "forward", wrong)
+    monkeypatch.setattr(_compare, "_REFERENCE_CACHE", {})
     path = tmp_path / "rows.json"
-    args = ["--backends", "numpy", "--dtypes", "float32", "--json", str(path)]
-    code, out, _ = run(capsys, "compare", *args)
+    code, out, _ = run(capsys, "compare", *NUMPY32, *FEW, "--json", str(path))
     assert code == 1
-    rows = read_rows(path)
-    for row in rows:
+    document = read_json(path)
+    assert document["passed"] is False
+    for row in document["rows"]:
         sinusoidal = row["scheme"].startswith("sinusoidal")
         assert row["passed"] is not sinusoidal
         if sinusoidal:  # 1e-3 is ~8000 float32 eps
             assert row["max_error_eps"] > 1000 * row["tolerance_eps"]
     assert "FAIL" in out
-    assert out.rstrip().splitlines()[-1] == f"compare: {len(cli.SCHEMES) - 2} passed, 2 failed"
+    assert "\nfailed:\n  numpy cpu float32 sinusoidal: error " in out
+    assert last_line(out) == f"compare: {len(document['rows']) - 2} passed, 2 failed"
+
+
+def test_a_wrong_scaling_variant_fails_only_its_schemes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """yarn's frequencies off by one part in a million: every yarn scheme (the scaled and the
+    partial scaled class, both layouts) fails; nothing else does."""
+    real = olm_xp.rope_frequencies._VARIANTS["yarn"]
+
+    def slightly_off(*args: Any, **kwargs: Any) -> Any:
+        inv_freq, factor = real(*args, **kwargs)
+        return inv_freq * (1 + 1e-6), factor
+
+    monkeypatch.setitem(olm_xp.rope_frequencies._VARIANTS, "yarn", slightly_off)
+    path = tmp_path / "rows.json"
+    code, _, _ = run(capsys, "compare", *NUMPY32, "--schemes", "rope-*", "--json", str(path))
+    assert code == 1
+    failed = {r["scheme"] for r in read_rows(path) if not r["passed"]}
+    layouts = ("interleaved", "half")
+    assert failed == {f"rope{p}-yarn-{lay}" for p in ("", "-partial") for lay in layouts}
+
+
+def test_a_wrong_cached_repeat_call_fails(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The last timed call is checked too: a result that goes wrong after the first call
+    (a stale cache, a lean decode path) fails its row."""
+    real = SinusoidalPositionalEmbedding.forward
+    calls = {"n": 0}
+
+    def wrong_after_first(self: Any, *args: Any) -> Any:
+        calls["n"] += 1
+        out = real(self, *args)
+        return out if calls["n"] == 1 else out * 1.001
+
+    monkeypatch.setattr(SinusoidalPositionalEmbedding, "forward", wrong_after_first)
+    path = tmp_path / "rows.json"
+    code, _, _ = run(capsys, "compare", *NUMPY32, "--schemes", "sinusoidal", "--json", str(path))
+    assert code == 1
+    (row,) = read_rows(path)
+    assert row["passed"] is False
+    assert row["max_error_eps"] > 100
 
 
 def test_scheme_that_raises_is_a_failed_row(
@@ -254,8 +405,7 @@ def test_scheme_that_raises_is_a_failed_row(
 
     monkeypatch.setattr(AbsolutePositionalEmbedding, "forward", broken)
     path = tmp_path / "rows.json"
-    args = ["--backends", "numpy", "--dtypes", "float32", "--json", str(path)]
-    code, out, _ = run(capsys, "compare", *args)
+    code, out, _ = run(capsys, "compare", *NUMPY32, *FEW, "--json", str(path))
     assert code == 1
     for row in read_rows(path):
         if row["scheme"].startswith("absolute"):
@@ -268,31 +418,246 @@ def test_scheme_that_raises_is_a_failed_row(
     assert "numpy cpu float32 absolute: RuntimeError: planted failure" in out
 
 
-def test_unknown_backend_exits_2_listing_valid_ids(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "compare", "--backends", "numpy,nosuch")
-    assert code == 2
-    assert out == ""
-    assert "nosuch" in err
-    for profile_id in PROFILES:
-        assert profile_id in err
+def test_nothing_to_run_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "compare", "--backends", "cupy", "--schemes", "alibi")
+    assert code == 1
+    assert "nothing ran" in out
+    assert "nothing ran" in err
+    assert "cupy:" in out
 
 
-def test_unknown_dtype_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "compare", "--backends", "numpy", "--dtypes", "float8")
-    assert (code, out) == (2, "")
-    assert "float8" in err
-    assert "float32" in err
+# -- filters --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("where", ["/nonexistent/dir/x.json", "missing-dir/x.json"])
-def test_unwritable_json_exits_2(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, where: str
+def test_filters_select_backends_devices_dtypes_and_schemes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    path = where if where.startswith("/") else str(tmp_path / where)
-    code, out, err = run(capsys, "compare", *FAST, "--json", path)
+    path = tmp_path / "rows.json"
+    args = [
+        "--backends",
+        "numpy,array_api_strict",
+        "--devices",
+        "device1",
+        "--dtypes",
+        "float64",
+        "--schemes",
+        "alibi,rope-*-half",
+    ]
+    code, out, _ = run(capsys, "compare", *args, "--json", str(path))
+    assert code == 0
+    rows = read_rows(path)
+    assert {(r["backend"], r["device"], r["dtype"]) for r in rows} == {
+        ("array_api_strict", "device1", "float64")
+    }
+    expected = ["alibi"] + [s for s in SCHEMES if fnmatch.fnmatchcase(s, "rope-*-half")]
+    assert "rope-yarn-half" in expected
+    assert [r["scheme"] for r in rows] == expected
+    assert "numpy: none of its devices was selected by --devices" in out
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "bad", "valid"),
+    [
+        ("--backends", "numpy,nosuch", "'nosuch'", list(PROFILES)),
+        ("--dtypes", "float8", "'float8'", ["float32", "bfloat16"]),
+        ("--devices", "cpu,gpu7", "'gpu7'", ["cpu", "device1", "cuda:0"]),
+        ("--schemes", "rope-*,rotary", "'rotary'", SCHEMES),
+        ("--schemes", ",", "(none given)", SCHEMES),
+    ],
+)
+def test_unknown_names_exit_2_listing_valid_ones(
+    capsys: pytest.CaptureFixture[str], option: str, value: str, bad: str, valid: list[str]
+) -> None:
+    code, out, err = run(capsys, "compare", option, value)
     assert (code, out) == (2, "")
-    assert f"cannot write --json {path}" in err
+    assert err.startswith(f"olm-xp compare: unknown {option} {bad}; valid: ")
+    for name in valid:
+        assert name in err
     assert "Traceback" not in err
+
+
+def test_list_schemes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "compare", "--list-schemes")
+    assert code == 0
+    for scheme in cli.SCHEMES.values():
+        assert re.search(rf"^{re.escape(scheme.name)}\s+{re.escape(scheme.summary)}$", out, re.M)
+
+
+# -- output files ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--json", "--report"])
+@pytest.mark.parametrize("where", ["/nonexistent/dir/x.{}", "missing-dir/x.{}", "{}-is-a-dir"])
+def test_unwritable_output_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, option: str, where: str
+) -> None:
+    suffix = "json" if option == "--json" else "md"
+    path = where.format(suffix)
+    if not path.startswith("/"):
+        path = str(tmp_path / path)
+    if path.endswith("-is-a-dir"):
+        path += ".md" if option == "--report" else ""
+        Path(path).mkdir()
+    code, out, err = run(capsys, "compare", *NUMPY32, option, path)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"olm-xp compare: cannot write {option} {path}: ")
+    assert "Traceback" not in err
+
+
+def test_report_needs_a_known_suffix(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "compare", *NUMPY32, "--report", str(tmp_path / "r.txt"))
+    assert (code, out) == (2, "")
+    assert "must end in .html, .htm or .md" in err
+
+
+@pytest.mark.parametrize("suffix", ["md", "html"])
+def test_report_files(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, suffix: str
+) -> None:
+    def broken(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("planted <failure>")
+
+    monkeypatch.setattr(AbsolutePositionalEmbedding, "forward", broken)
+    path = tmp_path / f"report.{suffix}"
+    args = ["--backends", "numpy,array_api_strict", "--dtypes", "float32", *FEW]
+    code, _, _ = run(capsys, "compare", *args, "--report", str(path))
+    assert code == 1
+    text = path.read_text()
+    rows = 3 * len([s for s in SCHEMES if s.startswith(("sinusoidal", "rope-yarn"))]) + 6
+    if suffix == "md":
+        assert text.startswith("# olm-xp compare\n")
+        assert "## Failed" in text
+        assert "| numpy | cpu | float32 | absolute | RuntimeError: planted <failure> |" in text
+        assert "| numpy | cpu | float32 | rope-yarn-half |" in text
+        assert "## Largest difference between backends" in text
+        assert "| rope-yarn-half | float32 | 3 |" in text
+        assert "| rope-yarn-half | RotaryPositionalEmbedding" not in text
+        assert "| rope-yarn-half | ScaledRotaryPositionalEmbedding(scaling_type='yarn')" in text
+        assert re.search(rf"\*\*{rows - 3} passed, 3 failed\*\*", text)
+    else:
+        assert text.startswith("<!DOCTYPE html>")
+        assert text.rstrip().endswith("</html>")
+        assert "planted &lt;failure&gt;" in text  # escaped
+        assert text.count('<tr class="fail">') == 2 * 3  # in "Failed" and in "Results"
+        assert text.count('<tr class="pass">') == rows - 3
+        assert f"{rows - 3} passed, 3 failed" in text
+
+
+# -- progress -------------------------------------------------------------------------------
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    code, out, _ = run(capsys, "compare", *NUMPY32, "--schemes", "alibi,t5-bias")
+    assert code == 0
+    text = terminal.getvalue()
+    assert "\r[------------------------] 0/2 numpy cpu float32 alibi" in text
+    assert "] 1/2 numpy cpu float32 t5-bias" in text
+    assert text.endswith("\r")  # the bar is erased at the end
+    assert "\r" not in out
+
+
+def test_progress_is_silent_off_a_terminal_unless_asked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(capsys, "compare", *NUMPY32, "--schemes", "alibi")
+    assert (code, err) == (0, "")
+    code, _, err = run(capsys, "compare", *NUMPY32, "--schemes", "alibi", "--progress", "always")
+    assert (code, err) == (0, "olm-xp compare: [0/1] numpy cpu float32\n")
+
+
+# -- plot -----------------------------------------------------------------------------------
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_writes_every_figure(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from olm_xp import _plot
+
+    path = tmp_path / "rows.json"
+    args = ["--schemes", "alibi,rope-yarn-*", "--json", str(path)]
+    code, _, _ = run(capsys, "compare", *NUMPY32, *args)
+    assert code == 0
+    out = tmp_path / "figures" / "new"
+    code, stdout, err = run(capsys, "plot", "--out", str(out), "--compare-json", str(path))
+    assert (code, err) == (0, "")
+    written = stdout.split()
+    assert written == [str(out / name) for name in _plot.FIGURES]
+    for name in written:
+        data = Path(name).read_bytes()
+        assert data.startswith(PNG_MAGIC)
+        assert len(data) > 10_000
+
+
+def test_plot_without_a_json_runs_compare_with_the_filters(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    from olm_xp import _plot
+
+    seen: list[list[dict[str, Any]]] = []
+
+    def write_figures(out: Path, rows: Any) -> list[Path]:
+        seen.append(list(rows))
+        return [out / "compare_errors.png"]
+
+    monkeypatch.setattr(_plot, "write_figures", write_figures)
+    args = ["plot", "--out", str(tmp_path), *NUMPY32, "--schemes", "alibi,rope-yarn-*"]
+    code, stdout, err = run(capsys, *args)
+    assert code == 0
+    assert stdout == f"{tmp_path / 'compare_errors.png'}\n"
+    assert err == "compare: 3 passed, 0 failed\n"
+    (rows,) = seen
+    assert [(r["backend"], r["scheme"], r["passed"]) for r in rows] == [
+        ("numpy", s, True) for s in ("alibi", "rope-yarn-interleaved", "rope-yarn-half")
+    ]
+
+
+def test_plot_data_is_what_the_figures_claim() -> None:
+    from olm_xp import _plot
+
+    starts, naive, ours = _plot.angle_errors(bins=8)
+    assert starts[-1] > 2**20
+    assert np.all(ours <= 2.0**-25 * (1 + 2**-20))  # olm_xp: correctly rounded everywhere
+    assert naive[-1] > 1e-2  # float32 angles: far off at long context
+    variants = _plot.rope_variants()
+    assert set(variants) == set(olm_xp.ROPE_TYPES)
+    default = variants["default"][0]
+    np.testing.assert_allclose(variants["linear"][0], default / _plot.ROPE_FACTOR)
+
+
+@pytest.mark.parametrize("problem", ["out-under-a-file", "bad-json", "missing-json"])
+def test_plot_bad_paths_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, problem: str
+) -> None:
+    pytest.importorskip("matplotlib")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("{not json")
+    if problem == "out-under-a-file":
+        args = ["--out", str(a_file / "sub"), "--compare-json", str(a_file)]
+        expected = f"cannot write to --out {a_file / 'sub'}: "
+    elif problem == "bad-json":
+        args = ["--out", str(tmp_path), "--compare-json", str(a_file)]
+        expected = f"--compare-json {a_file} is not an `olm-xp compare --json` file"
+    else:
+        args = ["--out", str(tmp_path), "--compare-json", str(tmp_path / "nope.json")]
+        expected = f"cannot read --compare-json {tmp_path / 'nope.json'}: "
+    code, out, err = run(capsys, "plot", *args)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"olm-xp plot: {expected}")
+    assert "Traceback" not in err
+
+
+# -- JAX: its two profiles share one module -------------------------------------------------
 
 
 def test_jax_profiles_share_one_comparison(
@@ -301,6 +666,7 @@ def test_jax_profiles_share_one_comparison(
     jax = pytest.importorskip("jax")
     path = tmp_path / "rows.json"
     args = ["--backends", "jax-cpu,jax-cpu-x32", "--dtypes", "float32,float64"]
+    args += ["--schemes", "sinusoidal,rope-yarn-half"]
     run(capsys, "compare", *args, "--json", str(path))
     rows = read_rows(path)
     keys = [(r["device"], r["dtype"], r["scheme"]) for r in rows]
