@@ -46,7 +46,10 @@ def _make_tests_session(profile_id: str, profile: dict) -> None:
         # tests/layers need their frameworks, not a backend profile: the layers-* sessions;
         # tests/distributed (8 JAX devices, 2 torch ranks) runs once, in `distributed`.
         ignore = ("--ignore=tests/layers", "--ignore=tests/distributed")
-        session.run("pytest", "-m", "not parity", *ignore, *session.posargs, env=env)
+        # Two workers (`-n auto` = one per core): the suite is bound by single-threaded XLA
+        # and Inductor compiles, which a second core halves on the 2-core CI machine.
+        parallel = ("-n", "auto")
+        session.run("pytest", *parallel, "-m", "not parity", *ignore, *session.posargs, env=env)
 
     tests.__doc__ = f"Conformance suite on {profile['title']} ({profile_id})."
 
