@@ -279,8 +279,15 @@ def _memo(key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
 def _seeded_input(
     xp: ArrayNamespace, device: Device, dtype: DType, shape: tuple[int, ...], seed: int = SEED
 ) -> tuple[Array, Float64Array]:
-    """A seeded standard-normal input on the device, and its rounded values in float64."""
-    host = np.random.default_rng(seed).standard_normal(shape)
+    """A seeded standard-normal input on the device, and its values in float64.
+
+    The draws are rounded to 8 significant bits first, so bfloat16, float16, float32 and
+    float64 all hold them exactly: every backend and dtype sees the same numbers (a backend's
+    own float64 -> float16 conversion may round differently, e.g. through float32), and the
+    difference between backends measures their computations only.
+    """
+    mantissa, exponent = np.frexp(np.random.default_rng(seed).standard_normal(shape))
+    host = np.ldexp(np.round(mantissa * 2.0**8) / 2.0**8, exponent)
     x = xp.asarray(host, dtype=dtype, device=device)
     return x, _host64(x)
 

@@ -8,6 +8,7 @@ import html
 import os
 import platform
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO
@@ -120,12 +121,11 @@ def _colour(text: str, label: str, enabled: bool) -> str:
 
 def print_text(result: CompareResult, out: TextIO, *, colour: bool = False) -> None:
     """The terminal report: every row, the cross-backend differences, failures, skipped."""
-    print(f"olm-xp compare: {METRIC}.", file=out)
-    print(
-        f"Tolerance {TOLERANCE_EPS:g} eps (float64 trigonometric rows: + 2 * max_angle + 2, "
-        "where the float64 reference is no more exact than the result).\n",
-        file=out,
+    header = (
+        f"olm-xp compare: {METRIC}. Tolerance {TOLERANCE_EPS:g} eps (float64 trigonometric "
+        "rows: + 2 * max_angle + 2, where the float64 reference is no more exact than the result)."
     )
+    print(textwrap.fill(header, 100) + "\n", file=out)
     if result.rows:
         lines = format_table(HEADERS, [row_cells(r) for r in result.rows]).splitlines()
         body = [
