@@ -154,6 +154,28 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 
+@nox.session(default=False)
+def compare(session: nox.Session) -> None:
+    """``olm-xp compare`` on every CPU backend, installed into one environment (not in the
+    default run; a few minutes), then ``olm-xp plot`` of the result.
+
+    The first pass runs with the ``jax-cpu`` profile's environment (x64, two host devices), so
+    JAX covers float64 and its second device; a second pass covers ``jax-cpu-x32`` (x64 off).
+    Writes ``compare.json``, ``compare.html`` and the figures into ``.nox/compare/tmp/``.
+    Arguments go to both passes (e.g. ``-- --schemes 'rope-*'``).
+    """
+    cpu = [p for p in PROFILES.values() if p["kind"] == "cpu"]
+    requirements = dict.fromkeys(r for p in cpu for r in p["requirements"])
+    session.install(".[plot]", *requirements)
+    out = Path(session.create_tmp())
+    results = ["--json", str(out / "compare.json"), "--report", str(out / "compare.html")]
+    jax_x64, jax_x32 = PROFILES["jax-cpu"]["env"], PROFILES["jax-cpu-x32"]["env"]
+    session.run("olm-xp", "compare", *results, *session.posargs, env=jax_x64)
+    session.run("olm-xp", "compare", "--backends", "jax-cpu-x32", *session.posargs, env=jax_x32)
+    figures = ["--out", str(out / "figures"), "--compare-json", str(out / "compare.json")]
+    session.run("olm-xp", "plot", *figures)
+
+
 @nox.session
 def bare(session: nox.Session) -> None:
     """The main job on a bare install (NumPy only): ``olm-xp compare`` must run and pass."""
