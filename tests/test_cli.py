@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -61,6 +62,22 @@ FRAMEWORKS = ("torch", "jax", "jaxlib", "cupy", "dask")
 NUMPY32 = ["--backends", "numpy", "--dtypes", "float32"]
 FEW = ["--schemes", "sinusoidal*,absolute,rope-yarn-*,rope-decode-half"]
 """A handful of schemes: fast, and both layouts of one RoPE variant."""
+
+
+_SESSION = os.environ.get("OLM_XP_BACKENDS", "cpu").strip()
+SESSION_PROFILES = None if _SESSION in ("", "cpu", "all") else set(_SESSION.split(","))
+"""The profiles of this nox ``tests-<profile>`` session (None: plain ``pytest``, all of them)."""
+RUNS_IN = {"test_jax_profiles_share_one_comparison": {"jax-cpu", "jax-cpu-x32"}}
+"""The command does not depend on the session's profile: each test runs in one session (the
+``numpy`` one unless listed here) and in plain ``pytest``, not again in every session."""
+
+
+@pytest.fixture(autouse=True)
+def _once_per_nox_run(request: pytest.FixtureRequest) -> None:
+    sessions = RUNS_IN.get(request.function.__name__, {"numpy"})
+    if SESSION_PROFILES is not None and not sessions & SESSION_PROFILES:
+        wanted = ", ".join(f"tests-{s}" for s in sorted(sessions))
+        pytest.skip(f"the olm-xp command is tested once per nox run: in {wanted}")
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
