@@ -393,7 +393,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp = commands.add_parser(
         "compare",
         help="run every scheme on every backend, device and dtype against the float64 reference",
-        description=f"{_report.METRIC}. Exit status: 0 if every row is within its tolerance "
+        description="Runs every scheme on every installed backend, device and dtype. "
+        f"{_report.METRIC[0].upper()}{_report.METRIC[1:]}. "
+        "Exit status: 0 if every row is within its tolerance "
         f"({TOLERANCE_EPS:g} eps), 1 if any row fails or nothing could run, 2 for a usage "
         "error.",
     )
