@@ -1,4 +1,6 @@
-"""nox sessions: one conformance run per backend profile, plus lint, typecheck, parity, bare.
+"""nox sessions: one conformance run per backend profile, plus lint, typecheck, parity, the
+layers and distributed suites, bare (``olm-xp compare`` on NumPy alone); off by default:
+``bench`` (benchmarks/) and ``compare`` (``olm-xp compare`` on every CPU backend at once).
 
 The backend matrix comes from ``backends/*.toml`` (read here with ``tomllib``, importing no
 framework). Plain ``nox`` runs every CPU profile and the checks; GPU profiles run with
@@ -42,6 +44,8 @@ def _make_tests_session(profile_id: str, profile: dict) -> None:
         if is_gpu and not _gpu_visible():
             session.skip(f"{profile_id}: no GPU visible on this machine")
         _install_test_environment(session, *profile["requirements"])
+        if profile_id == "numpy":  # where tests/test_cli.py runs: `olm-xp plot` is tested too
+            session.install(".[plot]")
         env = {**profile.get("env", {}), "OLM_XP_BACKENDS": profile_id}
         # tests/layers need their frameworks, not a backend profile: the layers-* sessions;
         # tests/distributed (8 JAX devices, 2 torch ranks) runs once, in `distributed`.
