@@ -33,8 +33,8 @@ def _child(backend: str, args: argparse.Namespace, out: Path) -> None:
     import suites
 
     s = suites.Settings(
-        rounds=args.rounds or (3 if args.quick else 15),
-        tiny_rounds=args.rounds or (5 if args.quick else 30),
+        rounds=args.rounds or (3 if args.quick else 13),
+        tiny_rounds=args.rounds or (5 if args.quick else 25),
         compile=not args.no_compile and not args.quick,
         device=args.device,
         quick=args.quick,
@@ -53,7 +53,8 @@ def _child(backend: str, args: argparse.Namespace, out: Path) -> None:
     results = []
 
     def log(result: Any) -> None:
-        results.append(result.to_json())
+        results.append({**result.to_json(), "max_error": dict(suites.ERRORS)})
+        suites.ERRORS.clear()
         print(
             f"  {result.title}: "
             + ", ".join(
@@ -118,8 +119,9 @@ def _memory_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
     cases = []
     for backend in args.backends.split(","):
         dtypes = ["float32"] if backend == "numpy" else args.dtypes.split(",")
-        impls = ["olm_xp", "native"] + (["olm"] if backend == "torch" else [])
         for dtype in dtypes:
+            olm = backend == "torch" and dtype == "float32"
+            impls = ["olm_xp", "native", *(["olm"] if olm else [])]
             for layout in ("half-split", "interleaved"):
                 for impl in impls:
                     cases.append(

@@ -46,14 +46,20 @@ def _tol(dtype_name: str) -> float:
     return 2e-2 if dtype_name == "bfloat16" else 1e-4
 
 
-def _check(name: str, got: Any, want: np.ndarray, dtype_name: str) -> None:
+ERRORS: dict[str, float] = {}
+"""Max relative error of each checked candidate (by title and name), reported in the JSON."""
+
+
+def _check(name: str, got: Any, want: np.ndarray, dtype_name: str, tol: float = 0.0) -> None:
     got = np.asarray(got, dtype=np.float64)
     if got.shape != want.shape:
         raise AssertionError(f"{name}: shape {got.shape}, expected {want.shape}")
     scale = max(1.0, float(np.abs(want).max()))
     err = float(np.abs(got - want).max()) / scale
-    if not err <= _tol(dtype_name):
-        raise AssertionError(f"{name}: max error {err:.3g} > {_tol(dtype_name)}")
+    ERRORS[name] = err
+    tol = tol or _tol(dtype_name)
+    if not err <= tol:
+        raise AssertionError(f"{name}: max error {err:.3g} > {tol}")
 
 
 def _rope_reference(x: np.ndarray, positions: np.ndarray, interleaved: bool) -> np.ndarray:
@@ -62,14 +68,16 @@ def _rope_reference(x: np.ndarray, positions: np.ndarray, interleaved: bool) -> 
     return natives.numpy_rope(interleaved)(x, cos_w[:, None, :], sin_w[:, None, :])
 
 
-def _checked(name: str, fn: Any, want: np.ndarray, dtype_name: str, to_host: Any) -> Any:
+def _checked(
+    name: str, fn: Any, want: np.ndarray, dtype_name: str, to_host: Any, tol: float = 0.0
+) -> Any:
     """``fn`` after checking its result once (raises inside the warm-up if it is wrong)."""
     state = {"checked": False}
 
     def call() -> Any:
         out = fn()
         if not state["checked"]:
-            _check(name, to_host(out), want, dtype_name)
+            _check(name, to_host(out), want, dtype_name, tol)
             state["checked"] = True
         return out
 
@@ -146,14 +154,17 @@ def rope_torch(
     c.append(
         Candidate(
             "olm",
-            _checked("olm", lambda: olm_module(x, olm_positions), olm_want, dtype_name, to_host),
+            # olm's float32 angles are 1.5e-3 off at positions near 32768 (README, Precision)
+            _checked(
+                "olm", lambda: olm_module(x, olm_positions), olm_want, dtype_name, to_host, 1e-2
+            ),
             sync,
             "olm",
         )
     )
-    # torch.compile rows where they answer a question (the roofline target: prefill; long
-    # float32); a decode step under torch.compile pays ~17 us of guards (performance.md).
-    compile_here = shape_name == "prefill" or (shape_name == "long" and dtype_name == "float32")
+    # torch.compile rows where they answer a question (the roofline target: float32 prefill
+    # and long); a decode step under torch.compile pays ~17 us of guards (performance.md).
+    compile_here = shape_name in ("prefill", "long") and dtype_name == "float32"
     if s.compile and compile_here:
         import torch._dynamo
 
