@@ -154,11 +154,13 @@ def _broadcast_table(
 # copy bandwidth) and is used instead. torch has two fast paths behind the same functions (see
 # ``_FAST_PATHS``); the RoPE classes cache folded tables already shaped for their kernel.
 
-_CHUNK_ELEMENTS = {"torch": 1 << 18, "default": 1 << 17}
+_CHUNK_ELEMENTS = {"torch": 1 << 15, "default": 1 << 17}
 """Elements of ``x`` rotated per chunk on the chunked path, per namespace. NumPy (one thread):
-512 KiB of float32, half of L2. torch: 1 MiB, so each op on a chunk is above torch's parallel
-grain (32768 elements) and uses every intra-op thread, with few enough chunks that the thread
-barrier per op is amortised (benchmarks/README.md has the sweep)."""
+512 KiB of float32, half of L2. torch: 32768 elements, torch's parallel grain, so each op on a
+chunk runs in the calling thread with no OpenMP region: every region ends in a thread barrier,
+which on a shared CPU waits for a descheduled thread (with 1-4 Mi-element chunks a busy
+neighbour made bfloat16 RoPE 1.5-6x slower than the native code; at 32768 it stayed at
+0.6-0.8x; benchmarks/README.md)."""
 SMALL = 1 << 15
 """Below this many elements (a decode step) the fewest ops win: no chunks, no fast paths."""
 _FAST_PATHS = True
@@ -260,17 +262,16 @@ def _rotate_folded(
     """``x * cos_f + swap(x) * sin_f`` in the tables' dtype, for ``x`` with exactly ``d``
     features, last axis; the tables broadcast against its pair view (:func:`pair_shape`).
 
-    A lower-precision ``x`` (bfloat16/float16) is promoted by the first product with the
-    float32 tables (exactly, as an explicit cast would), so it is never copied up front.
+    A lower-precision ``x`` (bfloat16/float16) is cast to the tables' dtype first: kernels
+    that mix dtypes are not vectorised on torch.
     """
-    exact = x.dtype == cos.dtype  # else the products promote: nothing is updated in place
-    x = xp.reshape(x, pair_shape(tuple(x.shape), interleaved))
+    x = xp.reshape(xp.astype(x, cos.dtype, copy=False), pair_shape(tuple(x.shape), interleaved))
     if interleaved and name in _STACK_PAIRS and not (small and name in _FRESH_FLIP):
         swapped = xp.stack((x[..., 1], x[..., 0]), axis=-1)  # a new array
-        fresh = exact
+        fresh = True
     else:
         swapped = xp.flip(x, axis=-1 if interleaved else -2)
-        fresh = exact and name in _FRESH_FLIP
+        fresh = name in _FRESH_FLIP
     if fresh:
         swapped *= sin
     else:
@@ -304,11 +305,22 @@ def _torch_halves_kernel(x: Array, cos: Array, sin: Array) -> Array:
     return out
 
 
+def _torch_lowp_kernel(x: Array, cos: Array, sin: Array) -> Array:
+    """torch, half-split, a lower-precision ``x`` (a chunk) and folded pair tables: one
+    upcast, then ``x c + swap(x) s`` as one product and one ``addcmul_`` in float32. Every
+    kernel sees one dtype: a kernel mixing bfloat16 and float32 operands is not vectorised
+    (4-5x slower on these CPUs)."""
+    pairs = x.to(cos.dtype).reshape(pair_shape(tuple(x.shape), False))
+    out = pairs * cos
+    out.addcmul_(pairs.flip(-2), sin)
+    return out.reshape(x.shape)
+
+
 def _torch_fast_path(name: str, x: Array, interleaved: bool, work: DType) -> str:
-    """The torch fast path for ``x``, if any: ``"complex"`` (interleaved) or ``"halves"``
-    (half-split; only in the compute dtype, so nothing is rounded twice, and not under
-    autograd, which ``out=`` does not support). Never on ``meta`` tensors, under
-    ``torch.compile`` (Inductor fuses the generic form) or below ``SMALL`` elements."""
+    """The torch fast path for ``x``, if any: ``"complex"`` (interleaved), ``"halves"``
+    (half-split in the compute dtype) or ``"lowp"`` (half-split, lower precision, chunked);
+    the last two use ``out=``, which autograd does not support. Never on ``meta`` tensors,
+    under ``torch.compile`` (Inductor fuses the generic form) or below ``SMALL`` elements."""
     if not _FAST_PATHS or name != "torch" or math.prod(x.shape) < SMALL:
         return ""
     if x.device.type == "meta" or is_torch_compiling():
@@ -316,9 +328,9 @@ def _torch_fast_path(name: str, x: Array, interleaved: bool, work: DType) -> str
     if interleaved:
         return "complex"
     torch = sys.modules["torch"]
-    if x.dtype != work or (x.requires_grad and torch.is_grad_enabled()):
+    if x.requires_grad and torch.is_grad_enabled():
         return ""
-    return "halves"
+    return "halves" if x.dtype == work else "lowp"
 
 
 def _chunks(
@@ -351,13 +363,15 @@ def _rotate_chunked(
     seq: int,
     rotary_dim: int,
 ) -> Array:
-    """``kernel`` on each chunk, written into one new array."""
+    """``kernel`` on each chunk, written into one new array (torch's ``__setitem__`` rounds
+    a float32 chunk to the output's dtype in the copy itself)."""
     shape = tuple(x.shape)
     out = xp.empty(shape, dtype=x.dtype, device=device_of(x))
     if rotary_dim < shape[-1]:
         out[..., rotary_dim:] = x[..., rotary_dim:]
     middle = (slice(None),) * (len(shape) - seq - 2)
     features = slice(0, rotary_dim)
+    cast_on_copy = namespace_name(xp) == "torch"
 
     def table_rows(table: Array, batch: slice, rows: slice) -> Array:
         index: list[slice] = [slice(None)] * (seq + 1)
@@ -371,7 +385,7 @@ def _rotate_chunked(
         lead = (batch, *(slice(None),) * (seq - 1)) if seq > 0 else ()
         index = (*lead, rows, *middle, features)
         rotated = kernel(x[index], table_rows(cos, batch, rows), table_rows(sin, batch, rows))
-        out[index] = xp.astype(rotated, x.dtype, copy=False)
+        out[index] = rotated if cast_on_copy else xp.astype(rotated, x.dtype, copy=False)
     return out
 
 
@@ -417,7 +431,7 @@ def rotate(
     half = (rotary_dim // 2,)
     kernel: Kernel
     fast = "" if is_torch_compiling() else _torch_fast_path(name, x, interleaved, work)
-    if is_torch_compiling() or fast:
+    if is_torch_compiling() or fast in ("complex", "halves"):
         cos = xp.astype(_broadcast_table(xp, cos, shape, seq, "cos", half), work, copy=False)
         sin = xp.astype(_broadcast_table(xp, sin, shape, seq, "sin", half), work, copy=False)
         if fast == "complex":
@@ -445,6 +459,8 @@ def rotate(
         def kernel(x: Array, cos: Array, sin: Array) -> Array:
             return _rotate_folded(xp, name, x, cos, sin, interleaved, small)
 
+        if fast == "lowp":
+            kernel = _torch_lowp_kernel
         chunked = not small
     target = _CHUNK_ELEMENTS.get(name, _CHUNK_ELEMENTS["default"])
     chunks = _chunks(shape, seq, rotary_dim, target) if chunked else []

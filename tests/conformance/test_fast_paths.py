@@ -41,14 +41,16 @@ def _tol(case) -> float:
     return LOWP_TOL_EPS if case.is_low_precision else ROTATION_TOL_EPS
 
 
-@pytest.fixture(params=["default", "generic", "generic-chunked", "generic-whole"])
+@pytest.fixture(params=["default", "chunked", "generic", "generic-chunked", "generic-whole"])
 def formulation(request, monkeypatch):
-    """``default``: what the library picks. ``generic``: torch fast paths off.
-    ``generic-chunked``: fast paths off and tiny chunks (many of them, batch split too).
-    ``generic-whole``: fast paths off and no chunking (one piece)."""
+    """``default``: what the library picks. ``chunked``: the same with tiny chunks (many of
+    them, the batch split too). ``generic``: torch fast paths off. ``generic-chunked``: fast
+    paths off and tiny chunks. ``generic-whole``: fast paths off and no chunking."""
     name = request.param
-    if name != "default":
+    if name.startswith("generic"):
         monkeypatch.setattr(rope_module, "_FAST_PATHS", False)
+    if name == "chunked":
+        monkeypatch.setattr(rope_module, "_CHUNK_ELEMENTS", {"default": 40})
     if name == "generic-chunked":
         monkeypatch.setattr(rope_module, "_CHUNK_ELEMENTS", {"default": 40})
     if name == "generic-whole":
@@ -129,7 +131,7 @@ def test_torch_fast_paths_are_taken_and_generic_is_forced(monkeypatch):
     off (so the formulation tests above cover the generic path on torch)."""
     torch = pytest.importorskip("torch")
     calls: list[str] = []
-    for kernel in ("_torch_complex_kernel", "_torch_halves_kernel"):
+    for kernel in ("_torch_complex_kernel", "_torch_halves_kernel", "_torch_lowp_kernel"):
         original = getattr(rope_module, kernel)
 
         def spy(*args, _original=original, _name=kernel):
@@ -142,7 +144,11 @@ def test_torch_fast_paths_are_taken_and_generic_is_forced(monkeypatch):
     apply_rope(x, cos, sin, interleaved=True)
     apply_rope(x, cos, sin, interleaved=False)
     assert calls == ["_torch_complex_kernel", "_torch_halves_kernel"]
-    apply_rope(x.to(torch.bfloat16), cos, sin, interleaved=False)  # not in the compute dtype
+    long = torch.randn(2, 1024, 4, 128).to(torch.bfloat16)  # chunked: upcast per chunk
+    cos_long, sin_long = rope_cos_sin(1024, rope_inverse_frequencies(128)[0], xp=torch)
+    apply_rope(long, cos_long, sin_long, interleaved=False)
+    assert set(calls[2:]) == {"_torch_lowp_kernel"}
+    del calls[2:]
     with torch.enable_grad():  # out= does not support autograd
         apply_rope(x.requires_grad_(), cos, sin, interleaved=False)
     assert calls == ["_torch_complex_kernel", "_torch_halves_kernel"]
@@ -199,7 +205,7 @@ def test_position_adds_every_formulation(case, kind, positions_kind, add_path, m
     absolute_module = importlib.import_module("olm_xp.absolute")
     if add_path == "generic-chunked":
         monkeypatch.setattr(absolute_module, "_FAST_PATHS", False)
-        monkeypatch.setattr(absolute_module, "_CHUNK_ELEMENTS", 24)
+        monkeypatch.setattr(absolute_module, "_CHUNK_ELEMENTS", {"default": 24})
     x_host = rng.standard_normal((3, 10, 8))
     if positions_kind == "none":
         positions, args = np.broadcast_to(np.arange(10), (3, 10)), ()
