@@ -7,7 +7,6 @@ embedding classes.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
@@ -33,11 +32,12 @@ from olm_xp.rope import _chunks
 
 __all__ = ["add_position_embeddings", "normal_table"]
 
-_CHUNK_ELEMENTS = 1 << 17
+_CHUNK_ELEMENTS = {"torch": 1 << 15, "default": 1 << 17}
 """Elements per chunk when a lower-precision ``x`` is added chunk by chunk (see olm_xp.rope)."""
 _FAST_PATHS = True
-"""torch's ``add(out=)`` for lower-precision inputs (one kernel instead of a chunk loop);
-tests set it to False to run the generic path on torch too."""
+"""A lower-precision ``x`` plus rows of its own dtype as one native sum on torch and NumPy
+(they compute it in float32 and round once, as the generic path does); tests set it to False
+to run the generic path there too."""
 
 
 def normal_table(
@@ -103,28 +103,38 @@ def add_position_embeddings(x: Array, table: Array, positions: Array | None = No
 
 def _add_rows(xp: ArrayNamespace, x: Array, rows: Array, *, fresh: bool) -> Array:
     """``x + rows`` in at least float32, rounded once to ``x``'s dtype, with as few new
-    full-size arrays as the inputs allow (performance.md: on a CPU each one page-faults).
+    full-size arrays and kernels as the inputs allow (performance.md: on a CPU each new array
+    page-faults).
 
     ``fresh``: ``rows`` is a new array (a gather), so when it has ``x``'s shape the sum is
-    accumulated into it. A lower-precision ``x`` is added chunk by chunk into one new array
-    where that is writeable on a CPU (torch: one ``add(out=)`` kernel), so no float32 copy of
-    ``x`` is ever made.
+    accumulated into it. A lower-precision ``x`` with rows of its own dtype is one native sum
+    on torch and NumPy, which compute it in float32 and round once (``_FAST_PATHS``); with
+    float32 rows it is added chunk by chunk into one new array where that is writeable on a
+    CPU, so no full-size float32 copy of ``x`` is made.
     """
     work = compute_dtype(xp, x.dtype)
+    name = namespace_name(xp)
+    same = rows.dtype == x.dtype
+    if same and (x.dtype == work or (_FAST_PATHS and name in ("torch", "numpy"))):
+        if fresh and tuple(rows.shape) == tuple(x.shape):
+            rows += x  # rows is ours to update
+            return rows
+        return x + rows
     rows = xp.astype(rows, work, copy=False)
-    if fresh and tuple(rows.shape) == tuple(x.shape):
-        rows += x  # promotes a lower-precision x exactly; rows is ours to update
-        return xp.astype(rows, x.dtype, copy=False)
-    chunks = _chunks(tuple(x.shape), 1, x.shape[-1], _CHUNK_ELEMENTS)
-    if x.dtype == work or not chunks or not can_write_in_chunks(x):
-        return xp.astype(xp.astype(x, work, copy=False) + rows, x.dtype, copy=False)
-    if _FAST_PATHS and namespace_name(xp) == "torch":  # one kernel: f32 sum, rounded once
-        out = xp.empty(x.shape, dtype=x.dtype, device=device_of(x))
-        return sys.modules["torch"].add(x, rows, out=out)
+    if x.dtype == work:
+        # a gather, or a new array from the cast above: ours to update
+        if (fresh or not same) and tuple(rows.shape) == tuple(x.shape):
+            rows += x
+            return rows
+        return x + rows
+    chunks = _chunks(tuple(x.shape), 1, x.shape[-1], _CHUNK_ELEMENTS.get(name, 1 << 17))
+    if not chunks or not can_write_in_chunks(x):
+        return xp.astype(xp.astype(x, work) + rows, x.dtype)
     out = xp.empty(x.shape, dtype=x.dtype, device=device_of(x))
     rows = rows[None, ...] if rows.ndim == 2 else rows  # (seq, D) rows: shared by the batch
     for batch, positions in chunks:
         rows_batch = batch if rows.shape[0] != 1 else slice(None)
-        total = x[batch, positions, :] + rows[rows_batch, positions, :]  # promotes x exactly
-        out[batch, positions, :] = xp.astype(total, x.dtype)
+        total = xp.astype(x[batch, positions, :], work) + rows[rows_batch, positions, :]
+        # torch rounds to the output's dtype in the copy itself; elsewhere cast first
+        out[batch, positions, :] = total if name == "torch" else xp.astype(total, x.dtype)
     return out
