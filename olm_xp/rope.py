@@ -293,6 +293,19 @@ def _torch_complex_kernel(x: Array, cis: Array, _: Array) -> Array:
 def _torch_halves_kernel(x: Array, cos: Array, sin: Array) -> Array:
     """torch, half-split, ``x`` in the compute dtype: ``out=`` products and ``addcmul_`` into
     one new tensor (four kernels, no temporary); ``cos``/``sin`` are half tables."""
+    return _halves_out(x, cos, sin)
+
+
+def _torch_lowp_kernel(x: Array, cos: Array, sin: Array) -> Array:
+    """torch, half-split, a lower-precision ``x`` (a chunk) and half tables: one upcast, then
+    :func:`_torch_halves_kernel`'s four kernels in float32. Every kernel sees one dtype (a
+    kernel mixing bfloat16 and float32 operands is not vectorised: 4-5x slower on these CPUs),
+    and no ``flip`` (a gather kernel on torch): 0.5x the time of upcast-multiply-flip-addcmul
+    per chunk (benchmarks/README.md)."""
+    return _halves_out(x.to(cos.dtype), cos, sin)
+
+
+def _halves_out(x: Array, cos: Array, sin: Array) -> Array:
     torch = sys.modules["torch"]
     half = x.shape[-1] // 2
     out = torch.empty_like(x)
@@ -303,17 +316,6 @@ def _torch_halves_kernel(x: Array, cos: Array, sin: Array) -> Array:
     torch.mul(second, cos, out=out_second)
     out_second.addcmul_(first, sin)
     return out
-
-
-def _torch_lowp_kernel(x: Array, cos: Array, sin: Array) -> Array:
-    """torch, half-split, a lower-precision ``x`` (a chunk) and folded pair tables: one
-    upcast, then ``x c + swap(x) s`` as one product and one ``addcmul_`` in float32. Every
-    kernel sees one dtype: a kernel mixing bfloat16 and float32 operands is not vectorised
-    (4-5x slower on these CPUs)."""
-    pairs = x.to(cos.dtype).reshape(pair_shape(tuple(x.shape), False))
-    out = pairs * cos
-    out.addcmul_(pairs.flip(-2), sin)
-    return out.reshape(x.shape)
 
 
 def _torch_fast_path(name: str, x: Array, interleaved: bool, work: DType) -> str:
@@ -431,7 +433,7 @@ def rotate(
     half = (rotary_dim // 2,)
     kernel: Kernel
     fast = "" if is_torch_compiling() else _torch_fast_path(name, x, interleaved, work)
-    if is_torch_compiling() or fast in ("complex", "halves"):
+    if is_torch_compiling() or fast:
         cos = xp.astype(_broadcast_table(xp, cos, shape, seq, "cos", half), work, copy=False)
         sin = xp.astype(_broadcast_table(xp, sin, shape, seq, "sin", half), work, copy=False)
         if fast == "complex":
@@ -439,6 +441,8 @@ def rotate(
             kernel = _torch_complex_kernel
         elif fast == "halves":
             kernel = _torch_halves_kernel
+        elif fast == "lowp":
+            kernel = _torch_lowp_kernel
         else:  # torch.compile: the half-table form, which Inductor fuses into one loop
 
             def kernel(x: Array, cos: Array, sin: Array) -> Array:
@@ -459,8 +463,6 @@ def rotate(
         def kernel(x: Array, cos: Array, sin: Array) -> Array:
             return _rotate_folded(xp, name, x, cos, sin, interleaved, small)
 
-        if fast == "lowp":
-            kernel = _torch_lowp_kernel
         chunked = not small
     target = _CHUNK_ELEMENTS.get(name, _CHUNK_ELEMENTS["default"])
     chunks = _chunks(shape, seq, rotary_dim, target) if chunked else []
