@@ -32,8 +32,9 @@ from olm_xp.rope import _chunks
 
 __all__ = ["add_position_embeddings", "normal_table"]
 
-_CHUNK_ELEMENTS = {"torch": 1 << 15, "default": 1 << 17}
-"""Elements per chunk when a lower-precision ``x`` is added chunk by chunk (see olm_xp.rope)."""
+_CHUNK_ELEMENTS = {"torch": 1 << 18, "default": 1 << 17}
+"""Elements per chunk when a lower-precision ``x`` is added chunk by chunk (see olm_xp.rope;
+torch: the fastest of a sweep on an idle machine, benchmarks/README.md)."""
 _FAST_PATHS = True
 """A lower-precision ``x`` plus rows of its own dtype as one native sum on torch and NumPy
 (they compute it in float32 and round once, as the generic path does); tests set it to False

@@ -154,13 +154,14 @@ def _broadcast_table(
 # copy bandwidth) and is used instead. torch has two fast paths behind the same functions (see
 # ``_FAST_PATHS``); the RoPE classes cache folded tables already shaped for their kernel.
 
-_CHUNK_ELEMENTS = {"torch": 1 << 15, "default": 1 << 17}
+_CHUNK_ELEMENTS = {"torch": 1 << 20, "default": 1 << 17}
 """Elements of ``x`` rotated per chunk on the chunked path, per namespace. NumPy (one thread):
-512 KiB of float32, half of L2. torch: 32768 elements, torch's parallel grain, so each op on a
-chunk runs in the calling thread with no OpenMP region: every region ends in a thread barrier,
-which on a shared CPU waits for a descheduled thread (with 1-4 Mi-element chunks a busy
-neighbour made bfloat16 RoPE 1.5-6x slower than the native code; at 32768 it stayed at
-0.6-0.8x; benchmarks/README.md)."""
+512 KiB of float32, half of L2. torch: 4 MiB of float32 (L3 is 32 MiB), well above torch's
+parallel grain, so each op on a chunk uses every intra-op thread: bfloat16 prefill took 0.29x
+HF's time on an idle 2-core machine (32768-element chunks, one thread per op: 1.2x). Each op is
+then a parallel region ending in a thread barrier, and on a CPU shared with other busy jobs a
+barrier waits for a descheduled thread: there 1 Mi-element chunks were 1.5-3x HF and
+32768-element ones 0.5-0.8x (benchmarks/README.md)."""
 SMALL = 1 << 15
 """Below this many elements (a decode step) the fewest ops win: no chunks, no fast paths."""
 _FAST_PATHS = True
