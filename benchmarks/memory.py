@@ -130,7 +130,7 @@ def _alibi_callable(case: dict[str, Any]) -> tuple[Any, int, Any]:
             f = jax.jit(lambda: natives.jax_alibi(heads, q, k))
         return (lambda: jax.block_until_ready(f())), nbytes, None
     if impl == "olm_xp":
-        return (lambda: alibi_bias(q, k, heads, xp=np)), nbytes, None
+        return (lambda: alibi_bias(q, k, heads, xp=np, dtype=np.float32)), nbytes, None
     return (lambda: natives.numpy_alibi(heads, q, k)), nbytes, None
 
 

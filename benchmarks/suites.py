@@ -517,7 +517,7 @@ def alibi_group(backend: str, s: Settings) -> GroupResult:
     else:
         sync = no_sync
         to_host = np.asarray
-        olm_xp_fn = lambda: alibi_bias(q, k, heads, xp=np)  # noqa: E731
+        olm_xp_fn = lambda: alibi_bias(q, k, heads, xp=np, dtype=np.float32)  # noqa: E731
         native = lambda: natives.numpy_alibi(heads, q, k)  # noqa: E731
         src = np.ones((1, heads, q, k), dtype=np.float32)
         c.append(Candidate("copy", lambda: src.copy(), sync, "roofline"))

@@ -308,7 +308,10 @@ def _bias(
         relative = relative[..., None, :, :]  # p_k - p_q: (batch?, 1, q, k)
         if causal:
             minus_inf = xp.asarray(-math.inf, dtype=work, device=device)
-            bias = xp.where(relative <= 0, slopes * relative, minus_inf)
+            if num_heads is not None:  # slopes > 0: mask the (q, k) distances, one product
+                bias = slopes * xp.where(relative <= 0, relative, minus_inf)
+            else:  # any slope (0 * -inf would be NaN): mask the product
+                bias = xp.where(relative <= 0, slopes * relative, minus_inf)
         else:
             bias = slopes * -xp.abs(relative)
     if bias.ndim == 3:

@@ -400,3 +400,22 @@ def test_bad_positions(placement):
             query_positions=placement.asarray(np.zeros((2, 1)), dtype=index),
             key_positions=placement.asarray(np.zeros((3, 2)), dtype=index),
         )
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bias_allocates_no_temporary_as_large_as_the_output(causal):
+    """Memory is the output plus ``(q, k)``-sized distances (1/heads of it): never a second
+    ``(heads, q, k)`` array (olm keeps a ``(heads, max, max)`` buffer; a masked product makes
+    one). NumPy's allocations are traced exactly, so this is deterministic."""
+    import tracemalloc
+
+    heads, q, k = 32, 256, 256
+    alibi_bias(q, k, heads, causal=causal, xp=np, dtype=np.float32)  # warm caches
+    tracemalloc.start()
+    try:
+        out = alibi_bias(q, k, heads, causal=causal, xp=np, dtype=np.float32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.nbytes == heads * q * k * 4
+    assert peak <= 1.2 * out.nbytes, f"peak {peak / out.nbytes:.2f}x the output"
