@@ -61,8 +61,11 @@ def test_forward_matches_reference(case, rng):
 
 
 @pytest.mark.parametrize("shape", [(9,), (2, 9), (1, 9)])
-def test_forward_with_positions(case, shape, rng):
-    module = SinusoidalPositionalEmbedding(7, max_seq_len=16)  # odd dim; positions beyond 16
+@pytest.mark.parametrize("max_seq_len", [16, 4096])
+def test_forward_with_positions(case, shape, max_seq_len, rng):
+    """Odd dim; positions beyond ``max_seq_len`` (16) and within it (4096: under ``jax.jit``
+    the rows are gathered from the cached table, else computed in-graph)."""
+    module = SinusoidalPositionalEmbedding(7, max_seq_len=max_seq_len)
     x_host = rng.standard_normal((2, 9, 7))
     positions = rng.integers(0, 3000, size=shape)
     out = case.call(module, case.asarray(x_host), case.positions(positions))

@@ -221,7 +221,13 @@ def _cases() -> list[Case]:
         Case("rope-(seq,)", lambda x, p: olm_xp.rope(x, p, inv_freq=INV_FREQ), ("x4", "p1")),
         Case("rope-(batch,seq)", lambda x, p: olm_xp.rope(x, p, inv_freq=INV_FREQ), ("x4", "p2")),
         Case("Sinusoidal", lambda x: sinusoidal(x), ("x3",)),
-        Case("Sinusoidal-positions", lambda x, p: sinusoidal(x, p), ("x3", "p2")),
+        # max(positions) < max_seq_len picks the cached table (one scalar all-reduce)
+        Case(
+            "Sinusoidal-positions",
+            lambda x, p: sinusoidal(x, p),
+            ("x3", "p2"),
+            global_length=True,
+        ),
         Case("Absolute", lambda x: absolute(x), ("x3",)),
         Case("Absolute-positions", lambda x, p: absolute(x, p), ("x3", "p2")),
         Case(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import sys
+from typing import Any
+
 import numpy as np
 
 from olm_xp._cache import GrowingTableCache
@@ -16,7 +20,7 @@ from olm_xp._compat import (
     max_value,
     namespace_name,
 )
-from olm_xp._typing import Array
+from olm_xp._typing import Array, ArrayNamespace
 from olm_xp._validation import (
     check_feature_size,
     check_floating_input,
@@ -28,6 +32,10 @@ from olm_xp.absolute import add_position_embeddings
 from olm_xp.dropout import RandomKey
 from olm_xp.nn.embeddings.positional.base import Dropout, PositionalEmbeddingBase
 from olm_xp.sinusoidal import sinusoidal_table
+
+JIT_TABLE_ELEMENTS = 1 << 24
+"""Largest ``max_seq_len x embed_dim`` table (64 MiB of float32) that traced JAX positions
+gather from; above it the rows are computed in-graph."""
 
 __all__ = ["SinusoidalPositionalEmbedding"]
 
@@ -101,22 +109,59 @@ class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
         elif is_torch_compiling():  # Dynamo cannot enter the cache: build the rows in-graph
             seq_positions = xp.arange(seq_len, device=device)
         if seq_positions is not None and not is_concrete(seq_positions):
-            pe = sinusoidal_table(seq_positions, self.embed_dim, base=self.base, dtype=dtype)
-            out = xp.astype(xp.astype(x, dtype, copy=False) + pe, x.dtype, copy=False)
+            out = self._add_traced_rows(xp, x, seq_positions, dtype)
             return self.dropout(out, training=self.training, key=key)
         if seq_positions is None:
             rows = seq_len
         else:  # concrete: grow the table to the largest position (empty positions need none)
             rows = max_value(seq_positions) + 1 if seq_positions.shape[-1] else 0
-        table = self._cache.get(
+        out = add_position_embeddings(x, self._table(xp, device, dtype, rows), seq_positions)
+        return self.dropout(out, training=self.training, key=key)
+
+    def _table(self, xp: ArrayNamespace, device: Any, dtype: Any, rows: int) -> Array:
+        """The cached table, at least ``rows`` positions (built on the host, concrete)."""
+        return self._cache.get(
             (namespace_name(xp), device_key(device), dtype_name(dtype)),
             rows,
             lambda capacity: sinusoidal_table(
                 capacity, self.embed_dim, base=self.base, xp=xp, device=device, dtype=dtype
             ),
         )
-        out = add_position_embeddings(x, table, seq_positions)
-        return self.dropout(out, training=self.training, key=key)
+
+    def _add_traced_rows(self, xp: ArrayNamespace, x: Array, positions: Array, dtype: Any) -> Array:
+        """``x`` plus the rows of positions whose values are unknown (``jax.jit``,
+        ``torch.compile``, Dask), in ``dtype``, rounded once to ``x``'s dtype.
+
+        Under ``jax.jit`` the rows are gathered from the cached ``max_seq_len``-row table (what
+        native code does) when every position is below ``max_seq_len``, else computed in-graph
+        (``lax.cond``: only one branch runs, each fusing its add), so any position stays exact;
+        ``max(positions)`` of positions sharded across devices is then one scalar all-reduce.
+        Elsewhere, and for tables above :data:`JIT_TABLE_ELEMENTS`, they are computed in-graph.
+        """
+
+        def add(rows: Array) -> Array:
+            return xp.astype(xp.astype(x, dtype, copy=False) + rows, x.dtype, copy=False)
+
+        def computed(p: Array) -> Array:
+            return add(sinusoidal_table(p, self.embed_dim, base=self.base, dtype=dtype))
+
+        jax = sys.modules.get("jax")
+        too_big = self.max_seq_len * self.embed_dim > JIT_TABLE_ELEMENTS
+        if jax is None or not isinstance(positions, jax.core.Tracer):
+            return computed(positions)
+        if too_big or not math.prod(positions.shape):
+            return computed(positions)
+        table = self._table(xp, device_of(positions), dtype, self.max_seq_len)
+        rows = table.shape[0]
+        if rows * self.embed_dim > JIT_TABLE_ELEMENTS:  # grown by long eager calls
+            return computed(positions)
+
+        def gathered(p: Array) -> Array:
+            # jnp indexing by a (batch, seq) array: no reshape merging sharded axes (XLA
+            # would all-gather the positions for it)
+            return add(table[xp.clip(p, 0, rows - 1)])
+
+        return jax.lax.cond(xp.max(positions) < rows, gathered, computed, positions)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, max_seq_len={self.max_seq_len}, base={self.base:g}"
