@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 from olm_xp._compat import (
+    array_namespace,
     device_key,
     device_of,
     dtype_name,
@@ -302,3 +304,43 @@ def check_attention_bias(xp: ArrayNamespace, bias: Array, scores_shape: tuple[in
             f"bias of shape {shape} does not broadcast to the scores' shape "
             f"(batch, heads, seq_q, seq_k) = {scores_shape}"
         )
+
+
+def check_state_dict(
+    owner: str, expected: Mapping[str, tuple[int, ...]], state_dict: Any, strict: bool
+) -> dict[str, Any]:
+    """The entries of ``state_dict`` to load, after checking keys, shapes and dtypes.
+
+    Raises ``ValueError`` for a missing or unexpected key (``strict=True``) or a wrong shape,
+    and ``TypeError`` for a value that is not a real floating array, naming the key, the
+    expected and the actual value. Nothing is loaded when a check fails.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping; got {type(state_dict).__name__}")
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"load_state_dict for {owner}: expected keys {sorted(expected)}; missing "
+            f"{missing}, unexpected {unexpected}"
+        )
+    values = {}
+    for key in sorted(set(expected) & set(state_dict)):
+        value = state_dict[key]
+        shape = tuple(int(n) for n in getattr(value, "shape", ()))
+        if shape != tuple(expected[key]):
+            raise ValueError(
+                f"load_state_dict for {owner}: {key} must have shape {tuple(expected[key])}; "
+                f"got {shape}"
+            )
+        try:
+            floating = bool(array_namespace(value).isdtype(value.dtype, "real floating"))
+        except (TypeError, ValueError, AttributeError):
+            floating = False
+        if not floating:
+            raise TypeError(
+                f"load_state_dict for {owner}: {key} must be a real floating array; got "
+                f"{type(value).__name__} of dtype {getattr(value, 'dtype', None)}"
+            )
+        values[key] = value
+    return values

@@ -176,12 +176,16 @@ def _distances(
     relative = relative_positions(
         xp, seq_len_q, seq_len_k, query_positions, key_positions, device=device, dtype=work
     )
+    return xp.astype(_slope_free(xp, relative, causal=causal, device=device), dtype, copy=False)
+
+
+def _slope_free(xp: ArrayNamespace, relative: Array, *, causal: bool, device: Device) -> Array:
+    """``p_k - p_q`` to the slope-free factor: ``-|d|``, or causal ``d`` with ``-inf`` after
+    the query."""
     if causal:
-        minus_inf = xp.asarray(-math.inf, dtype=work, device=device)
-        distances = xp.where(relative <= 0, relative, minus_inf)
-    else:
-        distances = -xp.abs(relative)
-    return xp.astype(distances, dtype, copy=False)
+        minus_inf = xp.asarray(-math.inf, dtype=relative.dtype, device=device)
+        return xp.where(relative <= 0, relative, minus_inf)
+    return -xp.abs(relative)
 
 
 def alibi_bias(
@@ -306,14 +310,11 @@ def _bias(
             xp, seq_len_q, seq_len_k, query_positions, key_positions, device=device, dtype=work
         )
         relative = relative[..., None, :, :]  # p_k - p_q: (batch?, 1, q, k)
-        if causal:
+        if causal and num_heads is None:  # any slope (0 * -inf would be NaN): mask the product
             minus_inf = xp.asarray(-math.inf, dtype=work, device=device)
-            if num_heads is not None:  # slopes > 0: mask the (q, k) distances, one product
-                bias = slopes * xp.where(relative <= 0, relative, minus_inf)
-            else:  # any slope (0 * -inf would be NaN): mask the product
-                bias = xp.where(relative <= 0, slopes * relative, minus_inf)
-        else:
-            bias = slopes * -xp.abs(relative)
+            bias = xp.where(relative <= 0, slopes * relative, minus_inf)
+        else:  # slopes > 0: mask the (q, k) distances, then one product
+            bias = slopes * _slope_free(xp, relative, causal=causal, device=device)
     if bias.ndim == 3:
         bias = bias[None, ...]
     return xp.astype(bias, dtype, copy=False)

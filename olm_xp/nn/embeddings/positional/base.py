@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from olm_xp._compat import (
-    array_namespace,
     default_float_dtype,
     device_of,
     dtype_name,
@@ -28,7 +27,7 @@ from olm_xp._compat import (
     resolve_namespace,
 )
 from olm_xp._typing import Array, ArrayNamespace, Device, DType
-from olm_xp._validation import check_probability
+from olm_xp._validation import check_probability, check_state_dict
 from olm_xp.dropout import RandomKey, dropout
 
 __all__ = ["Dropout", "Embedding", "PositionalEmbeddingBase"]
@@ -140,37 +139,11 @@ class PositionalEmbeddingBase(ABC):
         and ``TypeError`` for a value that is not a real floating array; on any error the module
         is left unchanged.
         """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a mapping; got {type(state_dict).__name__}")
         own = self.state_dict()
-        missing = sorted(set(own) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(own))
-        if strict and (missing or unexpected):
-            raise ValueError(
-                f"load_state_dict for {type(self).__name__}: expected keys {sorted(own)}; "
-                f"missing {missing}, unexpected {unexpected}"
-            )
-        placed = {}
-        for key in sorted(set(own) & set(state_dict)):
-            value = state_dict[key]
-            shape = tuple(getattr(value, "shape", ()))
-            expected = tuple(own[key].shape)
-            if shape != expected:
-                raise ValueError(
-                    f"load_state_dict for {type(self).__name__}: {key} must have shape "
-                    f"{expected}; got {shape}"
-                )
-            try:
-                value_xp = array_namespace(value)
-            except TypeError:
-                value_xp = None
-            if value_xp is None or not value_xp.isdtype(value.dtype, "real floating"):
-                raise TypeError(
-                    f"load_state_dict for {type(self).__name__}: {key} must be a real floating "
-                    f"array; got {type(value).__name__} of dtype {getattr(value, 'dtype', None)}"
-                )
-            assert self.xp is not None
-            placed[key] = place(value, self.xp, self.device, self.dtype)
+        expected = {key: tuple(value.shape) for key, value in own.items()}
+        values = check_state_dict(type(self).__name__, expected, state_dict, strict)
+        assert self.xp is not None
+        placed = {key: place(v, self.xp, self.device, self.dtype) for key, v in values.items()}
         tables = self._tables()
         for key, array in placed.items():
             tables[key.removesuffix(".weight")].weight = array
