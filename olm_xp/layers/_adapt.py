@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "check_same_device",
     "check_state_dict",
     "configuration",
+    "core_signature",
     "device_label",
     "strip_placement",
     "table_names",
@@ -72,6 +74,15 @@ def device_label(x: Any) -> str:
         labels = {"cpu" if d.platform == "cpu" else f"{d.platform}:{d.id}" for d in x.devices()}
         return ",".join(sorted(labels))
     return str(device_of(x))
+
+
+def core_signature(cls: Any) -> Any:
+    """Class decorator: the adapter shows its core class's (``cls._core_class``) constructor
+    signature and parameter docs."""
+    cls.__signature__ = inspect.signature(cls._core_class)
+    doc = inspect.getdoc(cls._core_class) or ""
+    cls.__doc__ = f"{cls.__doc__}\n\n{doc}"
+    return cls
 
 
 def check_same_device(

@@ -47,6 +47,7 @@ from olm_xp.layers._adapt import (
     check_same_device,
     check_state_dict,
     configuration,
+    core_signature,
     device_label,
     table_names,
 )
@@ -305,15 +306,7 @@ class _Rotary(PositionalEmbeddingBase):
         return self.core(x, seq_positions, role=role)
 
 
-def _core_signature(cls: type[_Rotary]) -> type[_Rotary]:
-    """Give the adapter the core class's constructor signature and parameter docs."""
-    cls.__signature__ = inspect.signature(cls._core_class)  # type: ignore[attr-defined, unused-ignore]
-    doc = inspect.getdoc(cls._core_class) or ""
-    cls.__doc__ = f"{cls.__doc__}\n\n{doc}"
-    return cls
-
-
-@_core_signature
+@core_signature
 class RotaryPositionalEmbedding(_Rotary):
     """Rotary positional embedding (olm's class), a ``flax.nnx.Module``;
     ``RotaryPositionalEmbedding.from_hf(...)`` builds one from a Hugging Face config."""
@@ -324,28 +317,28 @@ class RotaryPositionalEmbedding(_Rotary):
     )
 
 
-@_core_signature
+@core_signature
 class PartialRotaryPositionalEmbedding(_Rotary):
     """Partial rotary positional embedding (olm's class), a ``flax.nnx.Module``."""
 
     _core_class = positional.PartialRotaryPositionalEmbedding
 
 
-@_core_signature
+@core_signature
 class ScaledRotaryPositionalEmbedding(_Rotary):
     """Scaled rotary positional embedding (olm's class), a ``flax.nnx.Module``."""
 
     _core_class = positional.ScaledRotaryPositionalEmbedding
 
 
-@_core_signature
+@core_signature
 class PartialScaledRotaryPositionalEmbedding(_Rotary):
     """Partial scaled rotary positional embedding (olm's class), a ``flax.nnx.Module``."""
 
     _core_class = positional.PartialScaledRotaryPositionalEmbedding
 
 
-@_core_signature
+@core_signature
 class Llama3RotaryPositionalEmbedding(_Rotary):
     """Llama 3.1 rotary positional embedding (olm's class), a ``flax.nnx.Module``."""
 
