@@ -234,6 +234,12 @@ def is_torch_compiling() -> bool:
     return compiler is not None and bool(compiler.is_compiling())
 
 
+def is_jax_tracer(x: Any) -> bool:
+    """Whether ``x`` is a JAX tracer (inside ``jax.jit``, ``grad``, ``vmap``, ...)."""
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(x, jax.core.Tracer)
+
+
 def is_concrete(x: Array) -> bool:
     """Whether reading ``x``'s values is possible and cheap right now.
 
@@ -245,9 +251,9 @@ def is_concrete(x: Array) -> bool:
     if kind == "numpy":
         return True
     if kind == "jax":  # a multi-host array's values are not all on this process
-        jax = sys.modules["jax"]
-        if isinstance(x, jax.core.Tracer):
+        if is_jax_tracer(x):
             return False
+        jax = sys.modules["jax"]
         return jax.process_count() == 1 or bool(x.is_fully_addressable)
     if kind == "torch":
         torch = sys.modules["torch"]
@@ -379,9 +385,9 @@ def traced_on_jax(fn: Any, xp: ArrayNamespace, *arrays: Any, **static: Any) -> A
     """
     if namespace_name(xp) != "jax":
         return fn(*arrays, xp=xp, **static)
-    jax = sys.modules["jax"]
-    if any(isinstance(a, jax.core.Tracer) for a in arrays):
+    if any(is_jax_tracer(a) for a in arrays):
         return fn(*arrays, xp=xp, **static)
+    jax = sys.modules["jax"]
     key = (fn, tuple(sorted(static)))
     jitted = _JAX_JITTED.get(key)
     if jitted is None:

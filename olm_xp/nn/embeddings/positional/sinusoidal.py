@@ -16,6 +16,7 @@ from olm_xp._compat import (
     device_of,
     dtype_name,
     is_concrete,
+    is_jax_tracer,
     is_torch_compiling,
     max_value,
     namespace_name,
@@ -145,11 +146,8 @@ class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
         def computed(p: Array) -> Array:
             return add(sinusoidal_table(p, self.embed_dim, base=self.base, dtype=dtype))
 
-        jax = sys.modules.get("jax")
         too_big = self.max_seq_len * self.embed_dim > JIT_TABLE_ELEMENTS
-        if jax is None or not isinstance(positions, jax.core.Tracer):
-            return computed(positions)
-        if too_big or not math.prod(positions.shape):
+        if not is_jax_tracer(positions) or too_big or not math.prod(positions.shape):
             return computed(positions)
         table = self._table(xp, device_of(positions), dtype, self.max_seq_len)
         rows = table.shape[0]
@@ -161,7 +159,8 @@ class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
             # would all-gather the positions for it)
             return add(table[xp.clip(p, 0, rows - 1)])
 
-        return jax.lax.cond(xp.max(positions) < rows, gathered, computed, positions)
+        cond = sys.modules["jax"].lax.cond
+        return cond(xp.max(positions) < rows, gathered, computed, positions)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, max_seq_len={self.max_seq_len}, base={self.base:g}"
