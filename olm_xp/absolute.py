@@ -7,6 +7,7 @@ embedding classes.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -28,17 +29,22 @@ from olm_xp._validation import (
     check_positions,
     check_positive_int,
 )
-from olm_xp.rope import _chunks
+from olm_xp.rope import Scratch, _chunks
 
 __all__ = ["add_position_embeddings", "normal_table"]
 
-_CHUNK_ELEMENTS = {"torch": 1 << 18, "default": 1 << 17}
-"""Elements per chunk when a lower-precision ``x`` is added chunk by chunk (see olm_xp.rope;
-torch: the fastest of a sweep on an idle machine, benchmarks/README.md)."""
+_CHUNK_ELEMENTS = {"torch": 1 << 20, "default": 1 << 17}
+"""Elements per chunk when a lower-precision ``x`` is added chunk by chunk (see olm_xp.rope).
+torch: with reused chunk buffers, 1 Mi elements was the fastest of 256 Ki-2 Mi on an idle
+machine (bfloat16 ``(8, 2048, 1024)``: 1.06x the native bfloat16 sum, 256 Ki: 1.27x;
+benchmarks/README.md)."""
+_NATIVE = frozenset({"torch", "numpy"})
+"""Namespaces whose sum of two lower-precision arrays is computed in float32 and rounded once."""
 _FAST_PATHS = True
 """A lower-precision ``x`` plus rows of its own dtype as one native sum on torch and NumPy
-(they compute it in float32 and round once, as the generic path does); tests set it to False
-to run the generic path there too."""
+(they compute it in float32 and round once, as the generic path does), and torch chunks summed
+in reused buffers (:class:`~olm_xp.rope.Scratch`); tests set it to False to run the generic
+path there too."""
 
 
 def normal_table(
@@ -93,13 +99,21 @@ def add_position_embeddings(x: Array, table: Array, positions: Array | None = No
                 f"x has seq_len={seq_len} but the table holds only {num_positions} positions "
                 f"(max_seq_len); pass seq_positions or use a longer table"
             )
-        rows = table[None, :seq_len, :]
     else:
         check_positions(
             xp, positions, batch=batch, seq_len=seq_len, device=device_of(x), limit=num_positions
         )
-        rows = take_rows(xp, table, positions)
-    return _add_rows(xp, x, rows, fresh=positions is not None)
+    work = compute_dtype(xp, x.dtype)
+    name = namespace_name(xp)
+    native = table.dtype == x.dtype and (x.dtype == work or (_FAST_PATHS and name in _NATIVE))
+    if not native and x.dtype != work and can_write_in_chunks(x):
+        target = _CHUNK_ELEMENTS.get(name, _CHUNK_ELEMENTS["default"])
+        chunks = _chunks(tuple(x.shape), 1, embed_dim, target)
+        if chunks:
+            return _add_in_chunks(xp, x, table, positions, chunks, work)
+    if positions is None:
+        return _add_rows(xp, x, table[None, :seq_len, :], fresh=False)
+    return _add_rows(xp, x, take_rows(xp, table, positions), fresh=True)
 
 
 def _add_rows(xp: ArrayNamespace, x: Array, rows: Array, *, fresh: bool) -> Array:
@@ -109,14 +123,11 @@ def _add_rows(xp: ArrayNamespace, x: Array, rows: Array, *, fresh: bool) -> Arra
 
     ``fresh``: ``rows`` is a new array (a gather), so when it has ``x``'s shape the sum is
     accumulated into it. A lower-precision ``x`` with rows of its own dtype is one native sum
-    on torch and NumPy, which compute it in float32 and round once (``_FAST_PATHS``); with
-    float32 rows it is added chunk by chunk into one new array where that is writeable on a
-    CPU, so no full-size float32 copy of ``x`` is made.
+    on torch and NumPy, which compute it in float32 and round once (``_FAST_PATHS``).
     """
     work = compute_dtype(xp, x.dtype)
-    name = namespace_name(xp)
     same = rows.dtype == x.dtype
-    if same and (x.dtype == work or (_FAST_PATHS and name in ("torch", "numpy"))):
+    if same and (x.dtype == work or (_FAST_PATHS and namespace_name(xp) in _NATIVE)):
         if fresh and tuple(rows.shape) == tuple(x.shape):
             rows += x  # rows is ours to update
             return rows
@@ -128,14 +139,49 @@ def _add_rows(xp: ArrayNamespace, x: Array, rows: Array, *, fresh: bool) -> Arra
             rows += x
             return rows
         return x + rows
-    chunks = _chunks(tuple(x.shape), 1, x.shape[-1], _CHUNK_ELEMENTS.get(name, 1 << 17))
-    if not chunks or not can_write_in_chunks(x):
-        return xp.astype(xp.astype(x, work) + rows, x.dtype)
+    return xp.astype(xp.astype(x, work) + rows, x.dtype)
+
+
+def _add_in_chunks(
+    xp: ArrayNamespace,
+    x: Array,
+    table: Array,
+    positions: Array | None,
+    chunks: list[tuple[slice, slice]],
+    work: DType,
+) -> Array:
+    """A lower-precision ``(batch, seq, D)`` ``x`` plus rows of a higher-precision table,
+    summed in ``work`` chunk by chunk (rows looked up per chunk) into one new array, so no
+    full-size ``work`` copy of ``x`` or of the rows is made. On torch each chunk is upcast
+    into one reused buffer, the rows gathered into a second one, and the sum rounded to
+    ``x``'s dtype in the copy into the output."""
     out = xp.empty(x.shape, dtype=x.dtype, device=device_of(x))
-    rows = rows[None, ...] if rows.ndim == 2 else rows  # (seq, D) rows: shared by the batch
-    for batch, positions in chunks:
-        rows_batch = batch if rows.shape[0] != 1 else slice(None)
-        total = xp.astype(x[batch, positions, :], work) + rows[rows_batch, positions, :]
-        # torch rounds to the output's dtype in the copy itself; elsewhere cast first
-        out[batch, positions, :] = total if name == "torch" else xp.astype(total, x.dtype)
+    torch = _FAST_PATHS and namespace_name(xp) == "torch"
+    gather_into = torch and positions is not None and table.dtype == work
+    scratch = Scratch(work, buffers=2 if gather_into else 1) if torch else None
+    for batch, columns in chunks:
+        block = x[batch, columns, :]
+        if positions is None:
+            rows = table[None, columns, :]
+        elif positions.ndim == 2 and positions.shape[0] != 1:
+            rows = positions[batch, columns]
+        else:
+            rows = positions[..., columns]
+        if scratch is None:
+            if positions is not None:
+                rows = take_rows(xp, table, rows)
+            total = xp.astype(block, work) + xp.astype(rows, work, copy=False)
+            out[batch, columns, :] = xp.astype(total, x.dtype)
+            continue
+        views = scratch.upcast(block)
+        total = views[0]
+        if gather_into:  # rows straight into the second buffer, no allocation
+            index = rows.reshape(-1)
+            gathered = views[1].view(-1, table.shape[1])[: index.shape[0]]
+            sys.modules["torch"].index_select(table, 0, index, out=gathered)
+            rows = gathered.view(*rows.shape, table.shape[1])
+        elif positions is not None:
+            rows = take_rows(xp, table, rows)
+        total += rows
+        out[batch, columns, :] = total  # torch rounds to the output's dtype in the copy
     return out

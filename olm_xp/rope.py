@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -282,34 +283,64 @@ def _rotate_folded(
     return xp.reshape(out, (*out.shape[:-2], -1))
 
 
-def _torch_complex_kernel(x: Array, cis: Array, _: Array) -> Array:
+class Scratch:
+    """torch: compute-dtype buffers that every chunk of one call reuses, the first for the
+    upcast chunk, the rest for results. Chunk temporaries then never come from the allocator,
+    whose state (heap, or a fresh page-faulting mapping under glibc's dynamic mmap threshold)
+    otherwise decides the speed of a lower-precision prefill (benchmarks/README.md)."""
+
+    def __init__(self, work: DType, buffers: int = 2) -> None:
+        self.work = work
+        self.buffers = buffers
+        self.flat: Array | None = None
+
+    def upcast(self, x: Array) -> list[Array]:
+        """The buffers shaped like ``x``, the first holding ``x`` in the compute dtype."""
+        size = math.prod(x.shape)
+        if self.flat is None or self.flat.numel() < self.buffers * size:  # first chunk: largest
+            torch = sys.modules["torch"]
+            self.flat = torch.empty(self.buffers * size, dtype=self.work, device=x.device)
+        views = [self.flat[i * size : (i + 1) * size].view(x.shape) for i in range(self.buffers)]
+        views[0].copy_(x)
+        return views
+
+
+def _torch_complex_kernel(x: Array, cis: Array, _: Array, scratch: Scratch | None = None) -> Array:
     """torch, interleaved: pairs as complex numbers times ``cis = cos + i sin``: one multiply,
-    one pass, no temporary (for a lower-precision ``x``, one upcast first)."""
+    one pass, no temporary (for a lower-precision ``x``, one upcast into ``scratch`` first and
+    the product written into it too)."""
     torch = sys.modules["torch"]
     real = cis.real.dtype
-    pairs = (x if x.dtype == real else x.to(real)).reshape(*x.shape[:-1], -1, 2)
-    return torch.view_as_real(torch.view_as_complex(pairs) * cis).reshape(x.shape)
+    pairs_shape = (*x.shape[:-1], x.shape[-1] // 2, 2)
+    if x.dtype == real or scratch is None:
+        pairs = (x if x.dtype == real else x.to(real)).reshape(pairs_shape)
+        return torch.view_as_real(torch.view_as_complex(pairs) * cis).reshape(x.shape)
+    up, out = scratch.upcast(x)
+    product = torch.view_as_complex(out.view(pairs_shape))
+    torch.mul(torch.view_as_complex(up.view(pairs_shape)), cis, out=product)
+    return out
 
 
 def _torch_halves_kernel(x: Array, cos: Array, sin: Array) -> Array:
     """torch, half-split, ``x`` in the compute dtype: ``out=`` products and ``addcmul_`` into
     one new tensor (four kernels, no temporary); ``cos``/``sin`` are half tables."""
-    return _halves_out(x, cos, sin)
+    return _halves_out(x, cos, sin, sys.modules["torch"].empty_like(x))
 
 
-def _torch_lowp_kernel(x: Array, cos: Array, sin: Array) -> Array:
-    """torch, half-split, a lower-precision ``x`` (a chunk) and half tables: one upcast, then
-    :func:`_torch_halves_kernel`'s four kernels in float32. Every kernel sees one dtype (a
-    kernel mixing bfloat16 and float32 operands is not vectorised: 4-5x slower on these CPUs),
-    and no ``flip`` (a gather kernel on torch): 0.5x the time of upcast-multiply-flip-addcmul
-    per chunk (benchmarks/README.md)."""
-    return _halves_out(x.to(cos.dtype), cos, sin)
+def _torch_lowp_kernel(x: Array, cos: Array, sin: Array, scratch: Scratch) -> Array:
+    """torch, half-split, a lower-precision ``x`` (a chunk) and half tables: one upcast into
+    ``scratch``, then :func:`_torch_halves_kernel`'s four kernels in float32 into its second
+    buffer. Every kernel sees one dtype (a kernel mixing bfloat16 and float32 operands is not
+    vectorised: 4-5x slower on these CPUs), and no ``flip`` (a gather kernel on torch): 0.5x
+    the time of upcast-multiply-flip-addcmul per chunk (benchmarks/README.md)."""
+    up, out = scratch.upcast(x)
+    return _halves_out(up, cos, sin, out)
 
 
-def _halves_out(x: Array, cos: Array, sin: Array) -> Array:
+def _halves_out(x: Array, cos: Array, sin: Array, out: Array) -> Array:
+    """``(x1 c - x2 s, x2 c + x1 s)`` written into ``out`` (``x``'s shape and dtype)."""
     torch = sys.modules["torch"]
     half = x.shape[-1] // 2
-    out = torch.empty_like(x)
     first, second = x[..., :half], x[..., half:]
     out_first, out_second = out[..., :half], out[..., half:]
     torch.mul(first, cos, out=out_first)
@@ -439,11 +470,12 @@ def rotate(
         sin = xp.astype(_broadcast_table(xp, sin, shape, seq, "sin", half), work, copy=False)
         if fast == "complex":
             cos = sin = sys.modules["torch"].complex(cos, sin)
-            kernel = _torch_complex_kernel
+            lowp = x.dtype != work
+            kernel = partial(_torch_complex_kernel, scratch=Scratch(work) if lowp else None)
         elif fast == "halves":
             kernel = _torch_halves_kernel
         elif fast == "lowp":
-            kernel = _torch_lowp_kernel
+            kernel = partial(_torch_lowp_kernel, scratch=Scratch(work))
         else:  # torch.compile: the half-table form, which Inductor fuses into one loop
 
             def kernel(x: Array, cos: Array, sin: Array) -> Array:

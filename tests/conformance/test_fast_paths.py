@@ -134,9 +134,9 @@ def test_torch_fast_paths_are_taken_and_generic_is_forced(monkeypatch):
     for kernel in ("_torch_complex_kernel", "_torch_halves_kernel", "_torch_lowp_kernel"):
         original = getattr(rope_module, kernel)
 
-        def spy(*args, _original=original, _name=kernel):
+        def spy(*args, _original=original, _name=kernel, **kwargs):
             calls.append(_name)
-            return _original(*args)
+            return _original(*args, **kwargs)
 
         monkeypatch.setattr(rope_module, kernel, spy)
     x = torch.randn(2, 64, 4, 128)
@@ -192,10 +192,11 @@ def test_input_is_never_modified(case, formulation, monkeypatch, rng):
 
 @pytest.mark.parametrize("kind", ["sinusoidal", "absolute"])
 @pytest.mark.parametrize("positions_kind", ["none", "batch", "shared"])
-@pytest.mark.parametrize("add_path", ["default", "generic-chunked"])
+@pytest.mark.parametrize("add_path", ["default", "chunked", "generic-chunked"])
 def test_position_adds_every_formulation(case, kind, positions_kind, add_path, monkeypatch, rng):
-    """``x + pe``: in place on gathered rows, chunked for lower precision (torch: one
-    ``add(out=)``), or one sum; each against the float64 reference."""
+    """``x + pe``: in place on gathered rows, chunked for lower precision (torch: reused
+    buffers, rows gathered per chunk; "chunked": two batch items per chunk), or one sum; each
+    against the float64 reference."""
     from olm_xp.nn.embeddings.positional import (
         AbsolutePositionalEmbedding,
         SinusoidalPositionalEmbedding,
@@ -206,6 +207,8 @@ def test_position_adds_every_formulation(case, kind, positions_kind, add_path, m
     if add_path == "generic-chunked":
         monkeypatch.setattr(absolute_module, "_FAST_PATHS", False)
         monkeypatch.setattr(absolute_module, "_CHUNK_ELEMENTS", {"default": 24})
+    if add_path == "chunked":
+        monkeypatch.setattr(absolute_module, "_CHUNK_ELEMENTS", {"default": 16})
     x_host = rng.standard_normal((3, 10, 8))
     if positions_kind == "none":
         positions, args = np.broadcast_to(np.arange(10), (3, 10)), ()
