@@ -114,15 +114,16 @@ def test_classes_every_formulation(
     )
     expected = rope_reference(case.rounded(prefill), positions, inv_freq, interleaved=interleaved)
     case.assert_close(out, expected, tol_eps=_tol(case), max_angle=40)
-    for t in (30, 31, 200):  # 200: beyond the cached rows, the table grows
-        step = rng.standard_normal((2, 1, 4, 16))
+    # Repeated steps reuse the last step's rows (keys after queries); a new offset or length
+    # must not. 200: beyond the cached rows, the table grows.
+    for t, length in [(30, 1), (30, 1), (31, 1), (31, 2), (200, 1), (200, 1), (31, 1)]:
+        step = rng.standard_normal((2, length, 4, 16))
+        steps = np.arange(t, t + length)
         if positions_kind == "array":
-            out = case.call(module, case.asarray(step), case.positions(np.array([t])))
+            out = case.call(module, case.asarray(step), case.positions(steps))
         else:
             out = module(case.asarray(step), t)
-        expected = rope_reference(
-            case.rounded(step), np.array([t]), inv_freq, interleaved=interleaved
-        )
+        expected = rope_reference(case.rounded(step), steps, inv_freq, interleaved=interleaved)
         case.assert_close(out, expected, tol_eps=_tol(case), max_angle=t + 1)
 
 

@@ -254,7 +254,7 @@ class RotaryBase(PositionalEmbeddingBase):
             if len(lean) >= 16:  # a few signatures in practice; bounded regardless
                 lean.clear()
             signature = (type(x), x.dtype, x.ndim, device, role)
-            lean[signature] = [xp, seq, dtype, key, build, table[0, ...], namespace_name(xp)]
+            lean[signature] = [xp, seq, dtype, key, build, table[0, ...], namespace_name(xp), None]
         return rotate_small(
             xp, x, table[0, offset : offset + x.shape[seq], ...], self.interleaved, dtype
         )
@@ -275,15 +275,18 @@ class RotaryBase(PositionalEmbeddingBase):
             return None
         if lean is None:
             return None
-        xp, seq, dtype, key, build, table, name = lean
+        xp, seq, dtype, key, build, table, name, last = lean
         offset = offset or 0
         shape = x.shape
         if offset < 0 or shape[-1] != self.head_dim or math.prod(shape) >= SMALL:
             return None
         rows = offset + shape[seq]
-        if table.shape[0] < rows:  # grown since: through the cache (which keeps it bounded)
-            table = lean[5] = self._cache.get(key, rows, build, axis=1)[0, ...]
-        return rotate_small(xp, x, table[offset:rows, ...], self.interleaved, dtype, name)
+        if last is None or last[0] != offset or last[1] != rows:
+            # a new step; the same one again (keys after queries, every layer) reuses the rows
+            if table.shape[0] < rows:  # grown since: through the cache (which keeps it bounded)
+                table = lean[5] = self._cache.get(key, rows, build, axis=1)[0, ...]
+            last = lean[7] = (offset, rows, table[offset:rows, ...])
+        return rotate_small(xp, x, last[2], self.interleaved, dtype, name)
 
     def _data_dependent_cos_sin(
         self, xp: ArrayNamespace, x: Array, positions: Any, seq: int, dtype: Any
