@@ -114,6 +114,31 @@ def test_rope_fullgraph_compile_matches_eager_without_recompiles(name):
     assert counter.frame_count <= 3  # prefill, offset decode, positions decode
 
 
+@pytest.mark.parametrize("name", ["rope", "xpos", "half-split-yarn"])
+def test_compiled_rope_class_reads_its_table_instead_of_computing_cos_sin(name):
+    """Under torch.compile a RoPE class's cos/sin come from its cached table (a constant of
+    the graph), not from cos/sin computed in the graph on every call; beyond max_seq_len the
+    graph computes them, with the same numbers as eager."""
+    import torch._dynamo.testing
+
+    torch._dynamo.reset()
+    module = ROPE_MODULES[name]()
+    graphs = []
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compiled = torch.compile(module.forward, fullgraph=True, backend=backend, dynamic=False)
+    rng = np.random.default_rng(0)
+    for length, role in [(12, "query"), (12, "key"), (70, "query")]:  # 70 > max_seq_len 64
+        x = torch.asarray(rng.standard_normal((2, length, 2, 16)), dtype=torch.float32)
+        torch.testing.assert_close(compiled(x, role=role), module(x, role=role))
+    ops = [{str(node.target) for node in g.graph.nodes} for g in graphs]
+    trig = [{op for op in names if "cos" in op or "sin" in op} for names in ops]
+    assert trig[0] == set() and trig[-1] != set(), trig
+
+
 def test_rope_int_offset_decode_does_not_recompile_every_step():
     torch._dynamo.reset()
     module = RotaryPositionalEmbedding(16, 64)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import weakref
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from olm_xp._compat import (
     is_torch_compiling,
     max_value,
     namespace_name,
+    resolve_namespace,
 )
 from olm_xp._typing import Array, ArrayNamespace
 from olm_xp._validation import check_positive_int, check_positive_number
@@ -62,6 +64,20 @@ __all__ = [
 ]
 
 Role = Literal["query", "key"]
+
+
+def _table_constant(module: RotaryBase, device: Any, dtype: Any, role: Role, units: int) -> Array:
+    """``module``'s rows table (:meth:`RotaryBase._rows`) for its ``max_seq_len`` positions on
+    torch, for a forward under ``torch.compile``. Marked ``assume_constant_result``: Dynamo
+    calls it on the host while it traces (every argument is a constant) and the graph reads the
+    table as a constant, instead of computing cos/sin in the graph on every call (2-13x slower,
+    benchmarks/README.md)."""
+    xp = resolve_namespace(sys.modules["torch"])
+    return module._rows(xp, device, dtype, role, units, module.max_seq_len)
+
+
+# What torch.compiler.assume_constant_result sets (without importing torch here).
+_table_constant._dynamo_marked_constant = True  # type: ignore[attr-defined]
 _LEAN: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], list[Any]]]
 _LEAN = weakref.WeakKeyDictionary()
 """Per module: the settings of decode steps already validated, by input signature."""
@@ -160,9 +176,11 @@ class RotaryBase(PositionalEmbeddingBase):
 
     @staticmethod
     def _cacheable(positions: Any) -> bool:
-        """Whether this call's tables can come from the cache (concrete, not compiling)."""
+        """Whether this call's tables can come from the cache: no positions or an int offset
+        (under ``torch.compile`` too: the cached table is then a constant of the graph, see
+        :func:`_table_constant`), or concrete positions outside ``torch.compile``."""
         if positions is None or isinstance(positions, int):
-            return not is_torch_compiling()
+            return True
         return (
             hasattr(positions, "ndim")
             and positions.ndim > 0
@@ -227,13 +245,21 @@ class RotaryBase(PositionalEmbeddingBase):
         else:
             p = resolve_positions(xp, x, positions, seq_axis=seq, index_dtype=None)
             rows = max_value(p) + 1 if math.prod(p.shape) else 0
-        table = self._rows(xp, device_of(x), dtype, role, self._units(x, seq, feature), rows)
-        if p is None:
-            picked = table[0, offset:rows, ...]
-            shape: tuple[int, ...] = (seq_len, self.rotary_dim // 2)
+        units = self._units(x, seq, feature)
+        if is_torch_compiling():  # the max_seq_len table, built on the host: a graph constant
+            if rows > self.max_seq_len:  # a guard where Dynamo made the length symbolic
+                return self._traced_cos_sin(xp, x, positions, seq, role, dtype)
+            table = _table_constant(self, device_of(x), dtype, role, units)
+            # narrow: a slice with a symbolic start would specialise (recompile every step)
+            picked = sys.modules["torch"].narrow(table[0, ...], 0, offset, seq_len)
         else:
-            picked = xp.take(table[0, ...], xp.reshape(p, (-1,)), axis=0)
-            shape = (*p.shape, self.rotary_dim // 2)
+            table = self._rows(xp, device_of(x), dtype, role, units, rows)[0, ...]
+            if p is None:
+                picked = table[offset:rows, ...]
+            else:
+                picked = xp.take(table, xp.reshape(p, (-1,)), axis=0)
+        half = self.rotary_dim // 2
+        shape = (seq_len, half) if p is None else (*p.shape, half)
         cos, sin = rows_to_half(xp, picked, self.interleaved)
         return xp.reshape(cos, shape), xp.reshape(sin, shape)
 
@@ -379,7 +405,7 @@ class RotaryBase(PositionalEmbeddingBase):
             and feature == x.ndim - 1
             and self.rotary_dim == self.head_dim
             and math.prod(x.shape) < SMALL
-            and self._cacheable(seq_positions)
+            and not is_torch_compiling()
         ):
             return self._decode_step(xp, x, offset, seq, role, dtype)
         if not static:
