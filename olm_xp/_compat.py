@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import array_api_compat
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = [
     "device_key",
     "device_of",
     "dtype_name",
+    "graph_constant",
     "has_float64",
     "index_dtype",
     "is_concrete",
@@ -40,6 +42,8 @@ __all__ = [
     "to_numpy",
     "traced_on_jax",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Plain modules users hand us, mapped to the compat wrapper that makes them standard.
 _WRAPPED = {
@@ -232,6 +236,14 @@ def is_torch_compiling() -> bool:
     """True while ``torch.compile`` (Dynamo) traces the current call."""
     compiler = getattr(sys.modules.get("torch"), "compiler", None)
     return compiler is not None and bool(compiler.is_compiling())
+
+
+def graph_constant(fn: F) -> F:
+    """Mark ``fn`` as ``torch.compiler.assume_constant_result`` does, without importing torch:
+    called while Dynamo traces (its arguments must be constants), its result is a constant of
+    the graph. For the classes' cached tables under ``torch.compile``."""
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
 
 
 def is_jax_tracer(x: Any) -> bool:

@@ -123,20 +123,47 @@ def test_compiled_rope_class_reads_its_table_instead_of_computing_cos_sin(name):
 
     torch._dynamo.reset()
     module = ROPE_MODULES[name]()
+    graphs, backend = _graph_recorder()
+    compiled = torch.compile(module.forward, fullgraph=True, backend=backend, dynamic=False)
+    rng = np.random.default_rng(0)
+    for length, role in [(12, "query"), (12, "key"), (70, "query")]:  # 70 > max_seq_len 64
+        x = torch.asarray(rng.standard_normal((2, length, 2, 16)), dtype=torch.float32)
+        torch.testing.assert_close(compiled(x, role=role), module(x, role=role))
+    trig = _trig_ops(graphs)
+    assert trig[0] == set(), trig  # read from the table
+    assert trig[-1] != set(), trig  # beyond max_seq_len: computed
+
+
+def _graph_recorder():
     graphs = []
 
     def backend(graph_module, example_inputs):
         graphs.append(graph_module)
         return graph_module.forward
 
+    return graphs, backend
+
+
+def _trig_ops(graphs):
+    """The cos/sin ops of each recorded graph."""
+    names = [{str(node.target) for node in g.graph.nodes} for g in graphs]
+    return [{op for op in ops if "cos" in op or "sin" in op} for ops in names]
+
+
+def test_compiled_sinusoidal_reads_its_table_instead_of_computing_rows():
+    """Within max_seq_len the compiled class adds rows of its cached table (a graph constant);
+    beyond it the graph computes them; both equal eager."""
+    torch._dynamo.reset()
+    module = SinusoidalPositionalEmbedding(16, max_seq_len=32).eval()
+    graphs, backend = _graph_recorder()
     compiled = torch.compile(module.forward, fullgraph=True, backend=backend, dynamic=False)
     rng = np.random.default_rng(0)
-    for length, role in [(12, "query"), (12, "key"), (70, "query")]:  # 70 > max_seq_len 64
-        x = torch.asarray(rng.standard_normal((2, length, 2, 16)), dtype=torch.float32)
-        torch.testing.assert_close(compiled(x, role=role), module(x, role=role))
-    ops = [{str(node.target) for node in g.graph.nodes} for g in graphs]
-    trig = [{op for op in names if "cos" in op or "sin" in op} for names in ops]
-    assert trig[0] == set() and trig[-1] != set(), trig
+    for length in (12, 40):
+        x = torch.asarray(rng.standard_normal((2, length, 16)), dtype=torch.float32)
+        torch.testing.assert_close(compiled(x), module(x))
+    trig = _trig_ops(graphs)
+    assert trig[0] == set(), trig  # read from the table
+    assert trig[-1] != set(), trig  # beyond max_seq_len: computed
 
 
 def test_rope_int_offset_decode_does_not_recompile_every_step():

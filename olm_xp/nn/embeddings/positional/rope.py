@@ -27,6 +27,7 @@ from olm_xp._compat import (
     device_key,
     device_of,
     dtype_name,
+    graph_constant,
     has_float64,
     index_dtype,
     is_concrete,
@@ -66,18 +67,15 @@ __all__ = [
 Role = Literal["query", "key"]
 
 
+@graph_constant
 def _table_constant(module: RotaryBase, device: Any, dtype: Any, role: Role, units: int) -> Array:
     """``module``'s rows table (:meth:`RotaryBase._rows`) for its ``max_seq_len`` positions on
-    torch, for a forward under ``torch.compile``. Marked ``assume_constant_result``: Dynamo
-    calls it on the host while it traces (every argument is a constant) and the graph reads the
-    table as a constant, instead of computing cos/sin in the graph on every call (2-13x slower,
-    benchmarks/README.md)."""
+    torch, for a forward under ``torch.compile``: a constant of the graph (:func:`graph_constant`)
+    instead of cos/sin computed in the graph on every call (2-13x slower, benchmarks/README.md)."""
     xp = resolve_namespace(sys.modules["torch"])
     return module._rows(xp, device, dtype, role, units, module.max_seq_len)
 
 
-# What torch.compiler.assume_constant_result sets (without importing torch here).
-_table_constant._dynamo_marked_constant = True  # type: ignore[attr-defined]
 _LEAN: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], list[Any]]]
 _LEAN = weakref.WeakKeyDictionary()
 """Per module: the settings of decode steps already validated, by input signature."""

@@ -15,11 +15,13 @@ from olm_xp._compat import (
     device_key,
     device_of,
     dtype_name,
+    graph_constant,
     is_concrete,
     is_jax_tracer,
     is_torch_compiling,
     max_value,
     namespace_name,
+    resolve_namespace,
 )
 from olm_xp._typing import Array, ArrayNamespace
 from olm_xp._validation import (
@@ -39,6 +41,14 @@ JIT_TABLE_ELEMENTS = 1 << 24
 gather from; above it the rows are computed in-graph."""
 
 __all__ = ["SinusoidalPositionalEmbedding"]
+
+
+@graph_constant
+def _table_constant(module: SinusoidalPositionalEmbedding, device: Any, dtype: Any) -> Array:
+    """``module``'s ``max_seq_len``-row table on torch, for a forward under ``torch.compile``:
+    a constant of the graph (:func:`graph_constant`) instead of rows computed in the graph on
+    every call."""
+    return module._table(resolve_namespace(sys.modules["torch"]), device, dtype, module.max_seq_len)
 
 
 class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
@@ -107,8 +117,14 @@ class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
         if seq_positions is not None:
             array_namespace(x, seq_positions)
             check_positions(xp, seq_positions, batch=batch, seq_len=seq_len, device=device)
-        elif is_torch_compiling():  # Dynamo cannot enter the cache: build the rows in-graph
-            seq_positions = xp.arange(seq_len, device=device)
+        elif is_torch_compiling():
+            if seq_len <= self.max_seq_len:  # a guard where Dynamo made the length symbolic
+                # narrow: a slice with a symbolic end would specialise (recompile per length)
+                table = _table_constant(self, device, dtype)
+                rows = sys.modules["torch"].narrow(table, 0, 0, seq_len)
+                out = add_position_embeddings(x, rows)
+                return self.dropout(out, training=self.training, key=key)
+            seq_positions = xp.arange(seq_len, device=device)  # rows computed in-graph
         if seq_positions is not None and not is_concrete(seq_positions):
             out = self._add_traced_rows(xp, x, seq_positions, dtype)
             return self.dropout(out, training=self.training, key=key)
