@@ -10,6 +10,9 @@ from olm_xp._compat import is_concrete
 from olm_xp._typing import Array
 
 _MIN_ROWS = 64
+GRAPH_TABLE_ELEMENTS = 1 << 24
+"""Largest cached table (elements: 64 MiB of float32) that a compiled graph holds as a constant
+(``torch.compile``) or gathers rows from (``jax.jit``); above it the rows are computed in-graph."""
 
 
 class GrowingTableCache:

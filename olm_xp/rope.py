@@ -475,7 +475,11 @@ def rotate(
     half = (rotary_dim // 2,)
     kernel: Kernel
     fast = "" if is_torch_compiling() else _torch_fast_path(name, x, interleaved, work)
-    if is_torch_compiling() or fast:
+    # The half-table form where a compiler fuses it best: torch.compile, and XLA for
+    # interleaved pairs (bfloat16 prefill 0.66x the HF-style jnp code; the folded form with a
+    # flipped size-2 axis: 1.13x; float32: the same; benchmarks/README.md).
+    halves_form = is_torch_compiling() or (name == "jax" and interleaved)
+    if halves_form or fast:
         cos = xp.astype(_broadcast_table(xp, cos, shape, seq, "cos", half), work, copy=False)
         sin = xp.astype(_broadcast_table(xp, sin, shape, seq, "sin", half), work, copy=False)
         if fast == "complex":
@@ -486,7 +490,7 @@ def rotate(
             kernel = _torch_halves_kernel
         elif fast == "lowp":
             kernel = partial(_torch_lowp_kernel, scratch=Scratch(work))
-        else:  # torch.compile: the half-table form, which Inductor fuses into one loop
+        else:  # the half-table form, which Inductor and XLA fuse into one loop
 
             def kernel(x: Array, cos: Array, sin: Array) -> Array:
                 x = xp.astype(x, work, copy=False)

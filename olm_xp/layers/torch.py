@@ -15,8 +15,9 @@ maths; the module adds what torch owns:
   device in the compute dtype (float32 for bf16/fp16/fp32 inputs, float64 for float64), grown
   to the largest position used, absent from ``state_dict()``, moved by ``.to(device)`` and
   rebuilt from the exact float64 maths if ``.to(dtype)`` (or ``.half()``) recast them. Under
-  ``torch.compile`` the rows are computed in-graph from the positions (no recompile per
-  decoding step) and the buffers are not touched. ``torch.autocast`` never makes a table
+  ``torch.compile`` the table of ``max_seq_len`` rows is a constant of the graph (built on the
+  host while Dynamo traces, where no buffer is written), or, for tensor positions, the rows are
+  computed in-graph; no recompile per decoding step. ``torch.autocast`` never makes a table
   bfloat16: the arithmetic runs in float32 and the result comes back in the input's dtype.
 
 ``load_state_dict`` checks keys, shapes and dtypes with clear ``ValueError``/``TypeError``

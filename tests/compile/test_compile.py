@@ -134,6 +134,18 @@ def test_compiled_rope_class_reads_its_table_instead_of_computing_cos_sin(name):
     assert trig[-1] != set(), trig  # beyond max_seq_len: computed
 
 
+def test_compiled_rope_class_computes_rows_when_its_table_would_be_too_big():
+    """A table above GRAPH_TABLE_ELEMENTS is not made a graph constant: the rows are computed
+    in-graph (same numbers as eager)."""
+    torch._dynamo.reset()
+    module = RotaryPositionalEmbedding(16, max_seq_len=1 << 21, interleaved=False)
+    graphs, backend = _graph_recorder()
+    compiled = torch.compile(module.forward, fullgraph=True, backend=backend, dynamic=False)
+    x = torch.asarray(np.random.default_rng(0).standard_normal((2, 12, 2, 16)), dtype=torch.float32)
+    torch.testing.assert_close(compiled(x), module(x))
+    assert _trig_ops(graphs)[0] != set()
+
+
 def _graph_recorder():
     graphs = []
 

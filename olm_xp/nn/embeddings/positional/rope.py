@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from olm_xp._angles import Decay, cos_sin
-from olm_xp._cache import GrowingTableCache
+from olm_xp._cache import GRAPH_TABLE_ELEMENTS, GrowingTableCache
 from olm_xp._compat import (
     array_namespace,
     compute_dtype,
@@ -71,7 +71,8 @@ Role = Literal["query", "key"]
 def _table_constant(module: RotaryBase, device: Any, dtype: Any, role: Role, units: int) -> Array:
     """``module``'s rows table (:meth:`RotaryBase._rows`) for its ``max_seq_len`` positions on
     torch, for a forward under ``torch.compile``: a constant of the graph (:func:`graph_constant`)
-    instead of cos/sin computed in the graph on every call (2-13x slower, benchmarks/README.md)."""
+    instead of cos/sin computed in the graph on every call (2-13x slower, benchmarks/README.md).
+    Only for tables of at most :data:`~olm_xp._cache.GRAPH_TABLE_ELEMENTS` elements."""
     xp = resolve_namespace(sys.modules["torch"])
     return module._rows(xp, device, dtype, role, units, module.max_seq_len)
 
@@ -245,7 +246,9 @@ class RotaryBase(PositionalEmbeddingBase):
             rows = max_value(p) + 1 if math.prod(p.shape) else 0
         units = self._units(x, seq, feature)
         if is_torch_compiling():  # the max_seq_len table, built on the host: a graph constant
-            if rows > self.max_seq_len:  # a guard where Dynamo made the length symbolic
+            per_row = self.rotary_dim * (1 if self.interleaved else 2)
+            too_big = self.max_seq_len * per_row > GRAPH_TABLE_ELEMENTS
+            if too_big or rows > self.max_seq_len:  # a guard if Dynamo made rows symbolic
                 return self._traced_cos_sin(xp, x, positions, seq, role, dtype)
             table = _table_constant(self, device_of(x), dtype, role, units)
             # narrow: a slice with a symbolic start would specialise (recompile every step)

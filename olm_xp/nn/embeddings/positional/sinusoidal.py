@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from olm_xp._cache import GrowingTableCache
+from olm_xp._cache import GRAPH_TABLE_ELEMENTS, GrowingTableCache
 from olm_xp._compat import (
     array_namespace,
     compute_dtype,
@@ -35,10 +35,6 @@ from olm_xp.absolute import add_position_embeddings
 from olm_xp.dropout import RandomKey
 from olm_xp.nn.embeddings.positional.base import Dropout, PositionalEmbeddingBase
 from olm_xp.sinusoidal import sinusoidal_table
-
-JIT_TABLE_ELEMENTS = 1 << 24
-"""Largest ``max_seq_len x embed_dim`` table (64 MiB of float32) that traced JAX positions
-gather from; above it the rows are computed in-graph."""
 
 __all__ = ["SinusoidalPositionalEmbedding"]
 
@@ -118,7 +114,8 @@ class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
             array_namespace(x, seq_positions)
             check_positions(xp, seq_positions, batch=batch, seq_len=seq_len, device=device)
         elif is_torch_compiling():
-            if seq_len <= self.max_seq_len:  # a guard where Dynamo made the length symbolic
+            small = self.max_seq_len * self.embed_dim <= GRAPH_TABLE_ELEMENTS
+            if small and seq_len <= self.max_seq_len:  # a guard if Dynamo made seq_len symbolic
                 # narrow: a slice with a symbolic end would specialise (recompile per length)
                 table = _table_constant(self, device, dtype)
                 rows = sys.modules["torch"].narrow(table, 0, 0, seq_len)
@@ -153,7 +150,8 @@ class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
         native code does) when every position is below ``max_seq_len``, else computed in-graph
         (``lax.cond``: only one branch runs, each fusing its add), so any position stays exact;
         ``max(positions)`` of positions sharded across devices is then one scalar all-reduce.
-        Elsewhere, and for tables above :data:`JIT_TABLE_ELEMENTS`, they are computed in-graph.
+        Elsewhere, and for tables above :data:`~olm_xp._cache.GRAPH_TABLE_ELEMENTS`, they are
+        computed in-graph.
         """
 
         def add(rows: Array) -> Array:
@@ -162,12 +160,12 @@ class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
         def computed(p: Array) -> Array:
             return add(sinusoidal_table(p, self.embed_dim, base=self.base, dtype=dtype))
 
-        too_big = self.max_seq_len * self.embed_dim > JIT_TABLE_ELEMENTS
+        too_big = self.max_seq_len * self.embed_dim > GRAPH_TABLE_ELEMENTS
         if not is_jax_tracer(positions) or too_big or not math.prod(positions.shape):
             return computed(positions)
         table = self._table(xp, device_of(positions), dtype, self.max_seq_len)
         rows = table.shape[0]
-        if rows * self.embed_dim > JIT_TABLE_ELEMENTS:  # grown by long eager calls
+        if rows * self.embed_dim > GRAPH_TABLE_ELEMENTS:  # grown by long eager calls
             return computed(positions)
 
         def gathered(p: Array) -> Array:
