@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any
+
+import numpy as np
 
 from olm_xp._compat import (
     array_namespace,
@@ -38,6 +41,8 @@ from olm_xp._compat import (
     device_of,
     dtype_name,
     is_floating,
+    is_torch_compiling,
+    namespace_name,
     resolve_namespace,
     traced_on_jax,
 )
@@ -305,6 +310,14 @@ def _bias(
             keys = xp.astype(signed_positions(xp, key_positions, device), work)
             distances = keys - xp.max(keys, axis=-1, keepdims=True)
         bias = slopes * distances[..., None, None, :]  # (batch?, 1, 1, k) * (heads, 1, 1)
+    elif (
+        query_positions is None
+        and key_positions is None
+        and (num_heads is not None or not causal)
+        and dtype == work
+        and _writes_into(xp, slopes)
+    ):
+        return _bias_in_place(xp, slopes, seq_len_q, seq_len_k, causal=causal, device=device)
     else:
         relative = relative_positions(
             xp, seq_len_q, seq_len_k, query_positions, key_positions, device=device, dtype=work
@@ -318,3 +331,48 @@ def _bias(
     if bias.ndim == 3:
         bias = bias[None, ...]
     return xp.astype(bias, dtype, copy=False)
+
+
+def _writes_into(xp: ArrayNamespace, slopes: Array) -> bool:
+    """Whether the bias can be built in its own output with ``out=`` kernels: eager NumPy, or
+    torch outside ``torch.compile`` with slopes that need no gradient."""
+    name = namespace_name(xp)
+    if name == "numpy":
+        return True
+    if name != "torch" or is_torch_compiling():
+        return False
+    return not (slopes.requires_grad and sys.modules["torch"].is_grad_enabled())
+
+
+def _bias_in_place(
+    xp: ArrayNamespace,
+    slopes: Array,
+    seq_len_q: int,
+    seq_len_k: int,
+    *,
+    causal: bool,
+    device: Device,
+) -> Array:
+    """The ``(1, heads, q, k)`` bias for default positions and slopes ``(heads, 1, 1)`` (positive
+    where ``causal``) with nothing beside the output: the slope-free distances are built in the
+    last head's slot, every other head's product is written from them, and the last head is
+    scaled in place (the same single rounding as ``slopes * distances``; performance issue:
+    ALiBi never materialises more than its output)."""
+    native = sys.modules["torch"] if namespace_name(xp) == "torch" else np
+    heads, work = slopes.shape[0], slopes.dtype
+    out = xp.empty((1, heads, seq_len_q, seq_len_k), dtype=work, device=device)
+    last = out[0, heads - 1]
+    keys = xp.arange(seq_len_k, dtype=work, device=device)
+    queries = xp.arange(seq_len_k - seq_len_q, seq_len_k, dtype=work, device=device)
+    native.subtract(keys[None, :], queries[:, None], out=last)  # p_k - p_q
+    if causal:  # keys after the query: -inf (a bool mask, a quarter of one head's bytes)
+        if native is np:
+            np.copyto(last, -math.inf, where=last > 0)
+        else:
+            last.masked_fill_(last > 0, -math.inf)
+    else:
+        native.negative(native.abs(last, out=last), out=last)
+    if heads > 1:
+        native.multiply(last, slopes[: heads - 1], out=out[0, : heads - 1])
+    last *= slopes[heads - 1]
+    return out

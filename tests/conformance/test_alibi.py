@@ -404,9 +404,10 @@ def test_bad_positions(placement):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_bias_allocates_no_temporary_as_large_as_the_output(causal):
-    """Memory is the output plus ``(q, k)``-sized distances (1/heads of it): never a second
-    ``(heads, q, k)`` array (olm keeps a ``(heads, max, max)`` buffer; a masked product makes
-    one). NumPy's allocations are traced exactly, so this is deterministic."""
+    """Memory is the output and nothing else of its order: the distances are built in the
+    last head's slot (a causal mask is a bool ``(q, k)``, 1/(4 heads) of the output), never a
+    second ``(heads, q, k)`` array (olm keeps a ``(heads, max, max)`` buffer; a masked product
+    makes one). NumPy's allocations are traced exactly, so this is deterministic."""
     import tracemalloc
 
     heads, q, k = 32, 256, 256
@@ -418,4 +419,4 @@ def test_bias_allocates_no_temporary_as_large_as_the_output(causal):
     finally:
         tracemalloc.stop()
     assert out.nbytes == heads * q * k * 4
-    assert peak <= 1.2 * out.nbytes, f"peak {peak / out.nbytes:.2f}x the output"
+    assert peak <= 1.01 * out.nbytes, f"peak {peak / out.nbytes:.3f}x the output"
