@@ -134,6 +134,26 @@ def test_compiled_rope_class_reads_its_table_instead_of_computing_cos_sin(name):
     assert trig[-1] != set(), trig  # beyond max_seq_len: computed
 
 
+def test_several_cached_tables_in_one_compiled_graph():
+    """An attention block's worth of classes in one graph: queries and keys (xPos: two
+    tables), two RoPE modules and a sinusoidal one; each table a constant, no clash."""
+    torch._dynamo.reset()
+    xpos = ROPE_MODULES["xpos"]()
+    rope, half = ROPE_MODULES["rope"](), ROPE_MODULES["half-split-yarn"]()
+    sinusoidal = SinusoidalPositionalEmbedding(32, max_seq_len=32)
+
+    def block(q, k, h):
+        rotated = xpos(q) + xpos(k, role="key") + rope(q) + half(k)
+        return rotated.flatten(-2), sinusoidal(h)
+
+    compiled = torch.compile(block, fullgraph=True, dynamic=False)
+    rng = np.random.default_rng(0)
+    q, k = (torch.asarray(rng.standard_normal((2, 12, 2, 16)), dtype=torch.float32) for _ in "qk")
+    h = torch.asarray(rng.standard_normal((2, 12, 32)), dtype=torch.float32)
+    for got, want in zip(compiled(q, k, h), block(q, k, h), strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_compiled_rope_class_computes_rows_when_its_table_would_be_too_big():
     """A table above GRAPH_TABLE_ELEMENTS is not made a graph constant: the rows are computed
     in-graph (same numbers as eager)."""
