@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import Any
 
 from olm_xp._compat import is_concrete
 from olm_xp._typing import Array
@@ -62,3 +63,26 @@ class GrowingTableCache:
 
     def __len__(self) -> int:
         return len(self._tables)
+
+
+_GRAPH_TABLES: OrderedDict[Hashable, Any] = OrderedDict()
+_GRAPH_LOCK = threading.Lock()
+
+
+def graph_table(key: Hashable, build: Callable[[], Array], *, max_entries: int = 16) -> Array:
+    """The table a compiled graph holds as a constant (see :func:`olm_xp._compat.graph_constant`),
+    built once per ``key`` of plain values and shared by every module with that configuration:
+    the same object for every call in one graph, so Dynamo registers it once. Bounded, least
+    recently used out; thread-safe."""
+    with _GRAPH_LOCK:
+        table = _GRAPH_TABLES.get(key)
+        if table is not None:
+            _GRAPH_TABLES.move_to_end(key)
+            return table
+    table = build()
+    with _GRAPH_LOCK:
+        table = _GRAPH_TABLES.setdefault(key, table)
+        _GRAPH_TABLES.move_to_end(key)
+        while len(_GRAPH_TABLES) > max_entries:
+            _GRAPH_TABLES.popitem(last=False)
+    return table

@@ -40,6 +40,7 @@ __all__ = [
     "resolve_namespace",
     "take_rows",
     "to_numpy",
+    "torch_out_kernels_ok",
     "traced_on_jax",
 ]
 
@@ -373,14 +374,26 @@ def can_write_in_chunks(x: Array) -> bool:
     if kind == "jax":
         return False
     if kind == "torch":
-        torch = sys.modules["torch"]
-        if x.device.type != "cpu" or is_torch_compiling():
-            return False
-        if torch._C._functorch.is_functorch_wrapped_tensor(x):  # vmap/grad transforms
-            return False
-        return not (x.requires_grad and torch.is_grad_enabled())
+        return bool(x.device.type == "cpu") and torch_out_kernels_ok(x)
     # array-api-strict is NumPy underneath; CuPy (GPU), Dask (lazy) and the unknown: no.
     return type(x).__module__.startswith("array_api_strict")
+
+
+def torch_out_kernels_ok(*tensors: Any) -> bool:
+    """Whether torch ``out=`` and in-place kernels may compute from ``tensors`` (non-tensors
+    are ignored): not under ``torch.compile``, no tensor wrapped by a functorch transform
+    (``vmap``/``grad``), none that needs a gradient while autograd records (``out=`` kernels
+    do not support autograd)."""
+    if is_torch_compiling():
+        return False
+    torch = sys.modules["torch"]
+    recording = torch.is_grad_enabled()
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            continue
+        if torch._C._functorch.is_functorch_wrapped_tensor(t) or (recording and t.requires_grad):
+            return False
+    return True
 
 
 _JAX_JITTED: dict[tuple[Any, tuple[str, ...]], Any] = {}

@@ -21,6 +21,7 @@ from olm_xp._compat import (
     namespace_name,
     resolve_namespace,
     take_rows,
+    torch_out_kernels_ok,
 )
 from olm_xp._typing import Array, ArrayNamespace, Device, DType
 from olm_xp._validation import (
@@ -156,9 +157,10 @@ def _add_in_chunks(
     into one reused buffer, the rows gathered into a second one, and the sum rounded to
     ``x``'s dtype in the copy into the output."""
     out = xp.empty(x.shape, dtype=x.dtype, device=device_of(x))
-    torch = _FAST_PATHS and namespace_name(xp) == "torch"
-    gather_into = torch and positions is not None and table.dtype == work
-    scratch = Scratch(work, buffers=2 if gather_into else 1) if torch else None
+    # torch: reused buffers and out= kernels, unless a table that needs a gradient is read
+    reuse = _FAST_PATHS and namespace_name(xp) == "torch" and torch_out_kernels_ok(table)
+    gather_into = reuse and positions is not None and table.dtype == work
+    scratch = Scratch(work, buffers=2 if gather_into else 1) if reuse else None
     for batch, columns in chunks:
         block = x[batch, columns, :]
         if positions is None:

@@ -41,9 +41,9 @@ from olm_xp._compat import (
     device_of,
     dtype_name,
     is_floating,
-    is_torch_compiling,
     namespace_name,
     resolve_namespace,
+    torch_out_kernels_ok,
     traced_on_jax,
 )
 from olm_xp._relative import relative_positions, signed_positions
@@ -334,14 +334,13 @@ def _bias(
 
 
 def _writes_into(xp: ArrayNamespace, slopes: Array) -> bool:
-    """Whether the bias can be built in its own output with ``out=`` kernels: eager NumPy, or
-    torch outside ``torch.compile`` with slopes that need no gradient."""
-    name = namespace_name(xp)
-    if name == "numpy":
-        return True
-    if name != "torch" or is_torch_compiling():
+    """Whether the bias can be built in its own output with ``out=`` kernels: NumPy, or torch
+    where :func:`torch_out_kernels_ok` (the slopes need no gradient, no transform, no compile);
+    never for zero heads."""
+    if slopes.shape[0] == 0:
         return False
-    return not (slopes.requires_grad and sys.modules["torch"].is_grad_enabled())
+    name = namespace_name(xp)
+    return name == "numpy" or (name == "torch" and torch_out_kernels_ok(slopes))
 
 
 def _bias_in_place(

@@ -35,6 +35,7 @@ from olm_xp._compat import (
     is_torch_compiling,
     namespace_name,
     to_numpy,
+    torch_out_kernels_ok,
 )
 from olm_xp._typing import Array, ArrayNamespace, Device, DType
 from olm_xp._validation import check_positions, check_positive_number
@@ -354,19 +355,19 @@ def _halves_out(x: Array, cos: Array, sin: Array, out: Array) -> Array:
     return out
 
 
-def _torch_fast_path(name: str, x: Array, interleaved: bool, work: DType) -> str:
+def _torch_fast_path(name: str, x: Array, interleaved: bool, work: DType, writable: bool) -> str:
     """The torch fast path for ``x``, if any: ``"complex"`` (interleaved), ``"halves"``
     (half-split in the compute dtype) or ``"lowp"`` (half-split, lower precision, chunked);
-    the last two use ``out=``, which autograd does not support. Never on ``meta`` tensors,
-    under ``torch.compile`` (Inductor fuses the generic form) or below ``SMALL`` elements."""
+    the last two use ``out=`` kernels, so they need ``writable`` (:func:`torch_out_kernels_ok`
+    of ``x`` and the tables). Never on ``meta`` tensors, under ``torch.compile`` (Inductor fuses
+    the generic form) or below ``SMALL`` elements."""
     if not _FAST_PATHS or name != "torch" or math.prod(x.shape) < SMALL:
         return ""
     if x.device.type == "meta" or is_torch_compiling():
         return ""
     if interleaved:
         return "complex"
-    torch = sys.modules["torch"]
-    if x.requires_grad and torch.is_grad_enabled():
+    if not writable:
         return ""
     return "halves" if x.dtype == work else "lowp"
 
@@ -474,7 +475,8 @@ def rotate(
         )
     half = (rotary_dim // 2,)
     kernel: Kernel
-    fast = "" if is_torch_compiling() else _torch_fast_path(name, x, interleaved, work)
+    writable = name == "torch" and torch_out_kernels_ok(x, cos, sin)
+    fast = "" if is_torch_compiling() else _torch_fast_path(name, x, interleaved, work, writable)
     # The half-table form where a compiler fuses it best: torch.compile, and XLA for
     # interleaved pairs (bfloat16 prefill 0.66x the HF-style jnp code; the folded form with a
     # flipped size-2 axis: 1.13x; float32: the same; benchmarks/README.md).
@@ -484,8 +486,8 @@ def rotate(
         sin = xp.astype(_broadcast_table(xp, sin, shape, seq, "sin", half), work, copy=False)
         if fast == "complex":
             cos = sin = sys.modules["torch"].complex(cos, sin)
-            lowp = x.dtype != work
-            kernel = partial(_torch_complex_kernel, scratch=Scratch(work) if lowp else None)
+            scratch = Scratch(work) if x.dtype != work and writable else None  # out= kernels
+            kernel = partial(_torch_complex_kernel, scratch=scratch)
         elif fast == "halves":
             kernel = _torch_halves_kernel
         elif fast == "lowp":

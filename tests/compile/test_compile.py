@@ -123,6 +123,7 @@ def test_compiled_rope_class_reads_its_table_instead_of_computing_cos_sin(name):
 
     torch._dynamo.reset()
     module = ROPE_MODULES[name]()
+    module(torch.zeros((1, 300, 2, 16)))  # an eager call grows the module's own cache
     graphs, backend = _graph_recorder()
     compiled = torch.compile(module.forward, fullgraph=True, backend=backend, dynamic=False)
     rng = np.random.default_rng(0)
@@ -132,19 +133,26 @@ def test_compiled_rope_class_reads_its_table_instead_of_computing_cos_sin(name):
     trig = _trig_ops(graphs)
     assert trig[0] == set(), trig  # read from the table
     assert trig[-1] != set(), trig  # beyond max_seq_len: computed
+    # the constant holds exactly max_seq_len rows (16 values each: cos and sin), whatever the
+    # module's own cache grew to
+    constants = [getattr(g, n.target) for g in graphs for n in g.graph.nodes if n.op == "get_attr"]
+    assert constants
+    assert max(c.numel() for c in constants) <= 64 * 16
 
 
 def test_several_cached_tables_in_one_compiled_graph():
     """An attention block's worth of classes in one graph: queries and keys (xPos: two
-    tables), two RoPE modules and a sinusoidal one; each table a constant, no clash."""
+    tables), two more RoPE modules and two sinusoidal ones; each table a constant, no clash
+    (AOT autograd checks that every lifted constant has its own source)."""
     torch._dynamo.reset()
     xpos = ROPE_MODULES["xpos"]()
     rope, half = ROPE_MODULES["rope"](), ROPE_MODULES["half-split-yarn"]()
     sinusoidal = SinusoidalPositionalEmbedding(32, max_seq_len=32)
+    other = SinusoidalPositionalEmbedding(32, max_seq_len=64, base=500.0)
 
     def block(q, k, h):
         rotated = xpos(q) + xpos(k, role="key") + rope(q) + half(k)
-        return rotated.flatten(-2), sinusoidal(h)
+        return rotated.flatten(-2), sinusoidal(h) + other(h)
 
     compiled = torch.compile(block, fullgraph=True, dynamic=False)
     rng = np.random.default_rng(0)
@@ -152,6 +160,21 @@ def test_several_cached_tables_in_one_compiled_graph():
     h = torch.asarray(rng.standard_normal((2, 12, 32)), dtype=torch.float32)
     for got, want in zip(compiled(q, k, h), block(q, k, h), strict=True):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["rope", "xpos"])
+def test_modules_alike_share_one_compiled_graph(name):
+    """Regional compilation (one compiled layer body, one RoPE module per layer): modules with
+    one configuration share the graph and its constant table, no recompile per instance."""
+    import torch._dynamo.testing
+
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(lambda module, x: module(x), fullgraph=True, backend=counter)
+    x = torch.asarray(np.random.default_rng(0).standard_normal((2, 12, 2, 16)), dtype=torch.float32)
+    for module in [ROPE_MODULES[name]() for _ in range(3)]:
+        torch.testing.assert_close(compiled(module, x), module(x))
+    assert counter.frame_count == 1
 
 
 def test_compiled_rope_class_computes_rows_when_its_table_would_be_too_big():

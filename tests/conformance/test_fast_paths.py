@@ -236,3 +236,68 @@ def test_position_adds_every_formulation(case, kind, positions_kind, add_path, m
     out = case.call(module, case.asarray(x_host), *args)
     expected = case.rounded(x_host) + table[positions]
     case.assert_close(out, expected, tol_eps=1.0)
+
+
+@pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "half-split"])
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+@pytest.mark.parametrize("needs_grad", ["x", "tables"])
+def test_torch_fast_paths_under_autograd(interleaved, dtype_name, needs_grad):
+    """Inputs or tables that need a gradient take no ``out=`` kernel or reused buffer (those
+    do not support autograd): the rotation is right and differentiable, in every dtype."""
+    torch = pytest.importorskip("torch")
+    dtype = getattr(torch, dtype_name)
+    x = torch.randn(1, 64, 8, 64).to(dtype)  # 32768 elements: the fast-path size
+    cos, sin = rope_cos_sin(64, rope_inverse_frequencies(64)[0], xp=torch)
+    expected = apply_rope(x, cos, sin, interleaved=interleaved)  # no gradient: fast paths
+    with torch.enable_grad():
+        if needs_grad == "x":
+            x = x.clone().requires_grad_()
+        else:
+            cos, sin = cos.clone().requires_grad_(), sin.clone().requires_grad_()
+        out = apply_rope(x, cos, sin, interleaved=interleaved)
+        out.float().square().sum().backward()
+    torch.testing.assert_close(out.detach(), expected)
+    grad = x.grad if needs_grad == "x" else cos.grad
+    assert grad is not None
+    assert bool(torch.isfinite(grad).all())
+
+
+def test_torch_chunked_add_with_a_table_that_needs_a_gradient():
+    """Mixed precision training: bfloat16 activations, a float32 learned table with a
+    gradient, positions: chunked without ``out=`` gathers, and the table gets its gradient."""
+    torch = pytest.importorskip("torch")
+    from olm_xp import add_position_embeddings
+
+    absolute = importlib.import_module("olm_xp.absolute")
+    x = torch.randn(2, 40, 8).to(torch.bfloat16)
+    table = torch.randn(50, 8)
+    positions = torch.randint(0, 50, (2, 40))
+    expected = (x.double() + table.double()[positions]).to(torch.bfloat16)
+    original = absolute._CHUNK_ELEMENTS
+    absolute._CHUNK_ELEMENTS = {"default": 16}  # many chunks
+    try:
+        with torch.enable_grad():
+            learned = table.clone().requires_grad_()
+            out = add_position_embeddings(x, learned, positions)
+            out.float().sum().backward()
+    finally:
+        absolute._CHUNK_ELEMENTS = original
+    torch.testing.assert_close(out.detach(), expected, rtol=0, atol=0)
+    counts = torch.bincount(positions.reshape(-1), minlength=50).float()[:, None].expand(50, 8)
+    torch.testing.assert_close(learned.grad, counts)
+
+
+def test_alibi_in_place_path_is_not_used_where_out_kernels_cannot_be():
+    """Zero heads, slopes under ``torch.vmap`` or needing a gradient: the generic bias."""
+    torch = pytest.importorskip("torch")
+    from olm_xp import alibi_bias
+
+    assert alibi_bias(4, 4, np.zeros(0, np.float32)).shape == (1, 0, 4, 4)
+    slopes = torch.rand(3, 4) + 0.1
+    batched = torch.vmap(lambda s: alibi_bias(5, 5, s))(slopes)
+    for row, one in zip(batched, slopes, strict=True):
+        torch.testing.assert_close(row, alibi_bias(5, 5, one))
+    with torch.enable_grad():
+        learned = slopes[0].clone().requires_grad_()
+        alibi_bias(5, 5, learned).sum().backward()
+    assert learned.grad is not None

@@ -60,12 +60,17 @@ def main() -> int:
     )
     try:
         errors = _run(rank, world)
+        if rank == 0:
+            with open(os.environ["OLM_XP_RESULT"], "w", encoding="utf-8") as out:
+                json.dump(errors, out)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
-    if rank == 0:
-        with open(os.environ["OLM_XP_RESULT"], "w", encoding="utf-8") as out:
-            json.dump(errors, out)
-    return 0
+    # Interpreter teardown with gloo's (and the device mesh's) groups sometimes aborts in C++
+    # ("terminate called without an active exception": about 1 run in 3 under pytest, not
+    # olm_xp code); everything is checked and written by now, so skip it.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _run(rank: int, world: int) -> dict[str, float]:

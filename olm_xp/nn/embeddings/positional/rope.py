@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from olm_xp._angles import Decay, cos_sin
-from olm_xp._cache import GRAPH_TABLE_ELEMENTS, GrowingTableCache
+from olm_xp._cache import GRAPH_TABLE_ELEMENTS, GrowingTableCache, graph_table
 from olm_xp._compat import (
     array_namespace,
     compute_dtype,
@@ -67,14 +67,62 @@ __all__ = [
 Role = Literal["query", "key"]
 
 
+def _xpos_decay(
+    rotary_dim: int, xpos_scale_base: float | None, max_seq_len: int, role: Role
+) -> Decay | None:
+    """xPos amplitude: queries ``zeta**((n-c)/gamma)``, keys the inverse; ``c`` fixed."""
+    if xpos_scale_base is None:
+        return None
+    zeta = (np.arange(0, rotary_dim, 2, dtype=np.float64) + 0.4 * rotary_dim) / (1.4 * rotary_dim)
+    sign = 1.0 if role == "query" else -1.0
+    return Decay(sign * np.log(zeta) / xpos_scale_base, center=max_seq_len // 2)
+
+
+def _rows_table(
+    xp: ArrayNamespace,
+    device: Any,
+    dtype: Any,
+    capacity: int,
+    units: int,
+    *,
+    inv_freq: Any,
+    scale: float,
+    decay: Decay | None,
+    interleaved: bool,
+) -> Array:
+    """:func:`olm_xp.rope.table_rows` of positions ``0..capacity-1``, shaped ``(1, capacity,
+    *(1,) * units, *row)``: the ``units`` unit axes stand for x's axes between its sequence and
+    feature axes, so an offset's rows broadcast against x's pair view as they are sliced (a
+    decode step reshapes nothing)."""
+    cos, sin = cos_sin(
+        capacity, inv_freq, xp=xp, device=device, dtype=dtype, scale=scale, decay=decay
+    )
+    table = table_rows(xp, cos, sin, interleaved)
+    return xp.reshape(table, (1, capacity, *(1,) * units, *table.shape[1:]))
+
+
 @graph_constant
-def _table_constant(module: RotaryBase, device: Any, dtype: Any, role: Role, units: int) -> Array:
-    """``module``'s rows table (:meth:`RotaryBase._rows`) for its ``max_seq_len`` positions on
-    torch, for a forward under ``torch.compile``: a constant of the graph (:func:`graph_constant`)
-    instead of cos/sin computed in the graph on every call (2-13x slower, benchmarks/README.md).
-    Only for tables of at most :data:`~olm_xp._cache.GRAPH_TABLE_ELEMENTS` elements."""
+def _table_constant(spec: tuple[Any, ...], device: Any, dtype: Any, role: Role) -> Array:
+    """The cos and sin half tables of exactly ``max_seq_len`` positions, ``(1, max_seq_len, 2,
+    rotary_dim/2)``, for a RoPE module's ``spec`` (``RotaryBase._graph_spec``: plain values
+    only) on torch, for a forward under ``torch.compile``: a constant of the graph
+    (:func:`graph_constant`) instead of cos/sin computed in the graph on every call (2-13x
+    slower, benchmarks/README.md). Modules with one configuration share it (and one graph)."""
+    frequencies, scale, rotary_dim, xpos_scale_base, max_seq_len = spec
     xp = resolve_namespace(sys.modules["torch"])
-    return module._rows(xp, device, dtype, role, units, module.max_seq_len)
+
+    def build() -> Array:
+        cos, sin = cos_sin(
+            max_seq_len, np.frombuffer(frequencies, dtype=np.float64), xp=xp, device=device,
+            dtype=dtype, scale=scale,
+            decay=_xpos_decay(rotary_dim, xpos_scale_base, max_seq_len, role),
+        )  # fmt: skip
+        # contiguous halves (Inductor's loop reads strided rows tables 1.2x slower), and a
+        # leading unit axis taken off in the graph: several such constants in one graph then
+        # pass AOT autograd (a constant sliced directly failed its unique-source check)
+        return xp.stack((cos, sin), axis=1)[None, ...]
+
+    return graph_table(("rope", spec, device_key(device), dtype_name(dtype), role), build)
 
 
 _LEAN: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], list[Any]]]
@@ -162,16 +210,19 @@ class RotaryBase(PositionalEmbeddingBase):
             self.rotary_dim, self.rope_type, self.base, self.rope_parameters
         )
         self._cache = GrowingTableCache()
+        # What the tables depend on, as plain values: under torch.compile the key of the
+        # graph's constant table (_table_constant), so modules alike share one graph.
+        self._graph_spec = (
+            np.asarray(self._inv_freq, dtype=np.float64).tobytes(),
+            float(self.attention_factor),
+            self.rotary_dim,
+            self.xpos_scale_base,
+            self.max_seq_len,
+        )
 
     # -- tables --------------------------------------------------------------------------------
     def _decay(self, role: Role) -> Decay | None:
-        """xPos amplitude: queries ``zeta**((n-c)/gamma)``, keys the inverse; ``c`` fixed."""
-        if self.xpos_scale_base is None:
-            return None
-        d = self.rotary_dim
-        zeta = (np.arange(0, d, 2, dtype=np.float64) + 0.4 * d) / (1.4 * d)
-        sign = 1.0 if role == "query" else -1.0
-        return Decay(sign * np.log(zeta) / self.xpos_scale_base, center=self.max_seq_len // 2)
+        return _xpos_decay(self.rotary_dim, self.xpos_scale_base, self.max_seq_len, role)
 
     @staticmethod
     def _cacheable(positions: Any) -> bool:
@@ -201,16 +252,12 @@ class RotaryBase(PositionalEmbeddingBase):
     def _build_rows(
         self, xp: ArrayNamespace, device: Any, dtype: Any, role: Role, units: int, capacity: int
     ) -> Array:
-        """:func:`olm_xp.rope.table_rows` of positions ``0..capacity-1``, shaped ``(1,
-        capacity, *(1,) * units, *row)``: the ``units`` unit axes stand for x's axes between its
-        sequence and feature axes, so an offset's rows broadcast against x's pair view as they
-        are sliced (a decode step reshapes nothing)."""
-        cos, sin = cos_sin(
-            capacity, self._inv_freq, xp=xp, device=device, dtype=dtype,
-            scale=self.attention_factor, decay=self._decay(role),
+        """:func:`_rows_table` for this module."""
+        return _rows_table(
+            xp, device, dtype, capacity, units,
+            inv_freq=self._inv_freq, scale=self.attention_factor, decay=self._decay(role),
+            interleaved=self.interleaved,
         )  # fmt: skip
-        table = table_rows(xp, cos, sin, self.interleaved)
-        return xp.reshape(table, (1, capacity, *(1,) * units, *table.shape[1:]))
 
     def _rows(
         self, xp: ArrayNamespace, device: Any, dtype: Any, role: Role, units: int, rows: int
@@ -246,19 +293,18 @@ class RotaryBase(PositionalEmbeddingBase):
             rows = max_value(p) + 1 if math.prod(p.shape) else 0
         units = self._units(x, seq, feature)
         if is_torch_compiling():  # the max_seq_len table, built on the host: a graph constant
-            per_row = self.rotary_dim * (1 if self.interleaved else 2)
-            too_big = self.max_seq_len * per_row > GRAPH_TABLE_ELEMENTS
+            too_big = self.max_seq_len * self.rotary_dim > GRAPH_TABLE_ELEMENTS
             if too_big or rows > self.max_seq_len:  # a guard if Dynamo made rows symbolic
                 return self._traced_cos_sin(xp, x, positions, seq, role, dtype)
-            table = _table_constant(self, device_of(x), dtype, role, units)
+            halves = _table_constant(self._graph_spec, device_of(x), dtype, role)[0, ...]
             # narrow: a slice with a symbolic start would specialise (recompile every step)
-            picked = sys.modules["torch"].narrow(table[0, ...], 0, offset, seq_len)
+            picked = sys.modules["torch"].narrow(halves, 0, offset, seq_len)
+            return picked[:, 0, :], picked[:, 1, :]
+        table = self._rows(xp, device_of(x), dtype, role, units, rows)[0, ...]
+        if p is None:
+            picked = table[offset:rows, ...]
         else:
-            table = self._rows(xp, device_of(x), dtype, role, units, rows)[0, ...]
-            if p is None:
-                picked = table[offset:rows, ...]
-            else:
-                picked = xp.take(table, xp.reshape(p, (-1,)), axis=0)
+            picked = xp.take(table, xp.reshape(p, (-1,)), axis=0)
         half = self.rotary_dim // 2
         shape = (seq_len, half) if p is None else (*p.shape, half)
         cos, sin = rows_to_half(xp, picked, self.interleaved)
@@ -309,7 +355,7 @@ class RotaryBase(PositionalEmbeddingBase):
             return None
         rows = offset + shape[seq]
         if last is None or last[0] != offset or last[1] != rows:
-            # a new step; the same one again (keys after queries, every layer) reuses the rows
+            # a new step; the same step again (every layer sharing the module) reuses the rows
             if table.shape[0] < rows:  # grown since: through the cache (which keeps it bounded)
                 table = lean[5] = self._cache.get(key, rows, build, axis=1)[0, ...]
             last = lean[7] = (offset, rows, table[offset:rows, ...])

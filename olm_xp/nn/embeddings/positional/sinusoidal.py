@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from olm_xp._cache import GRAPH_TABLE_ELEMENTS, GrowingTableCache
+from olm_xp._cache import GRAPH_TABLE_ELEMENTS, GrowingTableCache, graph_table
 from olm_xp._compat import (
     array_namespace,
     compute_dtype,
@@ -40,11 +40,20 @@ __all__ = ["SinusoidalPositionalEmbedding"]
 
 
 @graph_constant
-def _table_constant(module: SinusoidalPositionalEmbedding, device: Any, dtype: Any) -> Array:
-    """``module``'s ``max_seq_len``-row table on torch, for a forward under ``torch.compile``:
-    a constant of the graph (:func:`graph_constant`) instead of rows computed in the graph on
-    every call."""
-    return module._table(resolve_namespace(sys.modules["torch"]), device, dtype, module.max_seq_len)
+def _table_constant(embed_dim: int, base: float, rows: int, device: Any, dtype: Any) -> Array:
+    """The ``(1, rows, embed_dim)`` sinusoidal table on torch, for a forward under
+    ``torch.compile``: a constant of the graph (:func:`graph_constant`; plain-value arguments,
+    shared by modules alike) instead of rows computed in the graph on every call."""
+    xp = resolve_namespace(sys.modules["torch"])
+    key = ("sinusoidal", embed_dim, base, rows, device_key(device), dtype_name(dtype))
+
+    def build() -> Array:
+        # a leading unit axis, taken off in the graph: several such constants in one graph
+        # then pass AOT autograd (a constant sliced directly failed its unique-source check)
+        table = sinusoidal_table(rows, embed_dim, base=base, xp=xp, device=device, dtype=dtype)
+        return table[None, ...]
+
+    return graph_table(key, build)
 
 
 class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
@@ -117,8 +126,8 @@ class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
             small = self.max_seq_len * self.embed_dim <= GRAPH_TABLE_ELEMENTS
             if small and seq_len <= self.max_seq_len:  # a guard if Dynamo made seq_len symbolic
                 # narrow: a slice with a symbolic end would specialise (recompile per length)
-                table = _table_constant(self, device, dtype)
-                rows = sys.modules["torch"].narrow(table, 0, 0, seq_len)
+                table = _table_constant(self.embed_dim, self.base, self.max_seq_len, device, dtype)
+                rows = sys.modules["torch"].narrow(table[0], 0, 0, seq_len)
                 out = add_position_embeddings(x, rows)
                 return self.dropout(out, training=self.training, key=key)
             seq_positions = xp.arange(seq_len, device=device)  # rows computed in-graph
