@@ -217,6 +217,29 @@ def test_xpos_scales_queries_and_keys_inversely(float_case, role, rng):
     case.assert_close(out, expected, tol_eps=ROTATION_TOL_EPS, max_angle=26)
 
 
+@pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "half-split"])
+@pytest.mark.parametrize("role", ["query", "key"])
+def test_array_offsets_within_and_beyond_the_table(float_case, interleaved, role, rng):
+    """0-D array offsets (traced under ``jax.jit``: the rows come from the cached table inside
+    a ``lax.cond``, or are computed past ``max_seq_len``): every step right, on both sides."""
+    case = float_case
+    module = ScaledRotaryPositionalEmbedding(
+        8, 16, 500, "xpos", xpos_scale_base=16, interleaved=interleaved
+    )
+    inv_freq, _ = rope_frequencies_reference(8, "default", 500.0)
+    sign = 1 if role == "query" else -1
+    for offset in (0, 13, 14, 15, 40):  # rows offset, offset+1: the table holds 0..15
+        x_host = rng.standard_normal((1, 2, 3, 8))
+        offset_array = case.asarray(np.asarray(offset), dtype=case.index_dtype)
+        out = case.call(lambda x, o: module(x, o, role=role), case.asarray(x_host), offset_array)
+        positions = np.arange(2) + offset
+        expected = rope_reference(
+            case.rounded(x_host), positions, inv_freq, interleaved=interleaved, xpos=(16.0, 8, sign)
+        )
+        tol = _rotation_tol(case, offset + 2)
+        case.assert_close(out, expected, tol_eps=tol, max_angle=offset + 2)
+
+
 @pytest.mark.parametrize("rope_type", ["dynamic", "longrope"])
 @pytest.mark.parametrize("max_position", [40, 200])
 def test_data_dependent_variants_follow_the_current_length(case, rope_type, max_position, rng):
