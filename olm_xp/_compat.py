@@ -32,6 +32,7 @@ __all__ = [
     "is_floating",
     "is_integer",
     "is_torch_compiling",
+    "jax_lookup_or_compute",
     "max_value",
     "min_value",
     "namespace_name",
@@ -251,6 +252,24 @@ def is_jax_tracer(x: Any) -> bool:
     """Whether ``x`` is a JAX tracer (inside ``jax.jit``, ``grad``, ``vmap``, ...)."""
     jax = sys.modules.get("jax")
     return jax is not None and isinstance(x, jax.core.Tracer)
+
+
+def jax_lookup_or_compute(
+    xp: ArrayNamespace,
+    positions: Array,
+    rows: int,
+    lookup: Callable[[Array], Any],
+    compute: Callable[[Array], Any],
+) -> Any:
+    """Under ``jax.jit``, for traced ``positions``: ``lookup(positions)`` (rows of a cached
+    table of ``rows`` rows, as native code reads them) when every position is below ``rows``,
+    else ``compute(positions)`` (exact rows in-graph). One ``lax.cond``: only one branch runs,
+    and any position stays exact; positions sharded across devices cost one scalar
+    all-reduce for their maximum."""
+    cond = sys.modules["jax"].lax.cond
+    return cond(
+        xp.max(positions) < rows, lambda p: lookup(xp.clip(p, 0, rows - 1)), compute, positions
+    )
 
 
 def is_concrete(x: Array) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from olm_xp._compat import has_float64
 from olm_xp._typing import Array, ArrayNamespace, Device, DType
 
-__all__ = ["relative_positions", "signed_positions"]
+__all__ = ["default_positions", "relative_positions", "signed_positions"]
 
 
 def signed_positions(xp: ArrayNamespace, positions: Array, device: Device) -> Array:
@@ -19,6 +19,15 @@ def signed_positions(xp: ArrayNamespace, positions: Array, device: Device) -> Ar
     if xp.isdtype(positions.dtype, "unsigned integer"):
         return xp.astype(positions, xp.int64 if has_float64(xp, device) else xp.int32)
     return positions
+
+
+def default_positions(
+    xp: ArrayNamespace, seq_len_q: int, seq_len_k: int, *, device: Device, dtype: DType = None
+) -> tuple[Array, Array]:
+    """The default query and key positions: ``k-q..k-1`` and ``0..k-1`` (in ``dtype``, exact
+    for integers and for floats up to ``2**24`` in float32; ``None``: the default integer)."""
+    queries = xp.arange(seq_len_k - seq_len_q, seq_len_k, dtype=dtype, device=device)
+    return queries, xp.arange(seq_len_k, dtype=dtype, device=device)
 
 
 def relative_positions(
@@ -39,13 +48,12 @@ def relative_positions(
     in a signed integer dtype and then converted. ``dtype=None`` keeps that integer dtype.
     """
     if query_positions is None and key_positions is None:
-        queries = xp.arange(seq_len_k - seq_len_q, seq_len_k, dtype=dtype, device=device)
-        keys = xp.arange(seq_len_k, dtype=dtype, device=device)
+        queries, keys = default_positions(xp, seq_len_q, seq_len_k, device=device, dtype=dtype)
         return keys[None, :] - queries[:, None]
-    if query_positions is None:
-        query_positions = xp.arange(seq_len_k - seq_len_q, seq_len_k, device=device)
-    if key_positions is None:
-        key_positions = xp.arange(seq_len_k, device=device)
+    if query_positions is None or key_positions is None:  # the other one is given
+        default_queries, default_keys = default_positions(xp, seq_len_q, seq_len_k, device=device)
+        query_positions = default_queries if query_positions is None else query_positions
+        key_positions = default_keys if key_positions is None else key_positions
     queries = signed_positions(xp, query_positions, device)
     keys = signed_positions(xp, key_positions, device)
     difference = keys[..., None, :] - queries[..., :, None]

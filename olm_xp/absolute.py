@@ -7,6 +7,7 @@ embedding classes.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -113,22 +114,24 @@ def add_position_embeddings(x: Array, table: Array, positions: Array | None = No
         if chunks:
             return _add_in_chunks(xp, x, table, positions, chunks, work)
     if positions is None:
-        return _add_rows(xp, x, table[None, :seq_len, :], fresh=False)
-    return _add_rows(xp, x, take_rows(xp, table, positions), fresh=True)
+        return _add_rows(xp, x, table[None, :seq_len, :], work, native=native, fresh=False)
+    return _add_rows(xp, x, take_rows(xp, table, positions), work, native=native, fresh=True)
 
 
-def _add_rows(xp: ArrayNamespace, x: Array, rows: Array, *, fresh: bool) -> Array:
-    """``x + rows`` in at least float32, rounded once to ``x``'s dtype, with as few new
-    full-size arrays and kernels as the inputs allow (performance.md: on a CPU each new array
-    page-faults).
+def _add_rows(
+    xp: ArrayNamespace, x: Array, rows: Array, work: DType, *, native: bool, fresh: bool
+) -> Array:
+    """``x + rows`` in at least ``work`` (float32), rounded once to ``x``'s dtype, with as few
+    new full-size arrays and kernels as the inputs allow (performance.md: on a CPU each new
+    array page-faults).
 
+    ``native``: one native sum does that (rows of ``x``'s dtype, which is ``work``, or a
+    lower precision that torch and NumPy sum in float32 and round once: ``_FAST_PATHS``).
     ``fresh``: ``rows`` is a new array (a gather), so when it has ``x``'s shape the sum is
-    accumulated into it. A lower-precision ``x`` with rows of its own dtype is one native sum
-    on torch and NumPy, which compute it in float32 and round once (``_FAST_PATHS``).
+    accumulated into it.
     """
-    work = compute_dtype(xp, x.dtype)
     same = rows.dtype == x.dtype
-    if same and (x.dtype == work or (_FAST_PATHS and namespace_name(xp) in _NATIVE)):
+    if native:
         if fresh and tuple(rows.shape) == tuple(x.shape):
             rows += x  # rows is ours to update
             return rows
@@ -161,29 +164,25 @@ def _add_in_chunks(
     reuse = _FAST_PATHS and namespace_name(xp) == "torch" and torch_out_kernels_ok(table)
     gather_into = reuse and positions is not None and table.dtype == work
     scratch = Scratch(work, buffers=2 if gather_into else 1) if reuse else None
+    per_item = positions is not None and positions.ndim == 2 and positions.shape[0] != 1
     for batch, columns in chunks:
         block = x[batch, columns, :]
+        buffers = None if scratch is None else scratch.upcast(block)  # [block in work, spare]
         if positions is None:
             rows = table[None, columns, :]
-        elif positions.ndim == 2 and positions.shape[0] != 1:
-            rows = positions[batch, columns]
         else:
-            rows = positions[..., columns]
-        if scratch is None:
-            if positions is not None:
-                rows = take_rows(xp, table, rows)
+            index = positions[batch, columns] if per_item else positions[..., columns]
+            if gather_into:  # rows straight into the spare buffer, no allocation
+                assert buffers is not None
+                flat = buffers[1].view(-1, table.shape[1])[: math.prod(index.shape)]
+                sys.modules["torch"].index_select(table, 0, index.reshape(-1), out=flat)
+                rows = flat.view(*index.shape, table.shape[1])
+            else:
+                rows = take_rows(xp, table, index)
+        if buffers is None:
             total = xp.astype(block, work) + xp.astype(rows, work, copy=False)
             out[batch, columns, :] = xp.astype(total, x.dtype)
-            continue
-        views = scratch.upcast(block)
-        total = views[0]
-        if gather_into:  # rows straight into the second buffer, no allocation
-            index = rows.reshape(-1)
-            gathered = views[1].view(-1, table.shape[1])[: index.shape[0]]
-            sys.modules["torch"].index_select(table, 0, index, out=gathered)
-            rows = gathered.view(*rows.shape, table.shape[1])
-        elif positions is not None:
-            rows = take_rows(xp, table, rows)
-        total += rows
-        out[batch, columns, :] = total  # torch rounds to the output's dtype in the copy
+        else:
+            buffers[0] += rows
+            out[batch, columns, :] = buffers[0]  # torch rounds to the output's dtype in the copy
     return out

@@ -46,7 +46,7 @@ from olm_xp._compat import (
     torch_out_kernels_ok,
     traced_on_jax,
 )
-from olm_xp._relative import relative_positions, signed_positions
+from olm_xp._relative import default_positions, relative_positions, signed_positions
 from olm_xp._typing import Array, ArrayNamespace, Device, DType
 from olm_xp._validation import (
     check_bool,
@@ -315,9 +315,11 @@ def _bias(
         and key_positions is None
         and (num_heads is not None or not causal)
         and dtype == work
-        and _writes_into(xp, slopes)
+        and (native := _out_kernels(xp, slopes)) is not None
     ):
-        return _bias_in_place(xp, slopes, seq_len_q, seq_len_k, causal=causal, device=device)
+        return _bias_in_place(
+            native, xp, slopes, seq_len_q, seq_len_k, causal=causal, device=device
+        )
     else:
         relative = relative_positions(
             xp, seq_len_q, seq_len_k, query_positions, key_positions, device=device, dtype=work
@@ -333,17 +335,20 @@ def _bias(
     return xp.astype(bias, dtype, copy=False)
 
 
-def _writes_into(xp: ArrayNamespace, slopes: Array) -> bool:
-    """Whether the bias can be built in its own output with ``out=`` kernels: NumPy, or torch
-    where :func:`torch_out_kernels_ok` (the slopes need no gradient, no transform, no compile);
-    never for zero heads."""
+def _out_kernels(xp: ArrayNamespace, slopes: Array) -> Any:
+    """The module whose ``out=`` kernels can build the bias in its own output, or None: NumPy,
+    or torch where :func:`torch_out_kernels_ok` (the slopes need no gradient, no transform, no
+    compile); never for zero heads."""
     if slopes.shape[0] == 0:
-        return False
+        return None
     name = namespace_name(xp)
-    return name == "numpy" or (name == "torch" and torch_out_kernels_ok(slopes))
+    if name == "numpy":
+        return np
+    return sys.modules["torch"] if name == "torch" and torch_out_kernels_ok(slopes) else None
 
 
 def _bias_in_place(
+    native: Any,
     xp: ArrayNamespace,
     slopes: Array,
     seq_len_q: int,
@@ -356,13 +361,11 @@ def _bias_in_place(
     where ``causal``) with nothing beside the output: the slope-free distances are built in the
     last head's slot, every other head's product is written from them, and the last head is
     scaled in place (the same single rounding as ``slopes * distances``; performance issue:
-    ALiBi never materialises more than its output)."""
-    native = sys.modules["torch"] if namespace_name(xp) == "torch" else np
+    ALiBi never materialises more than its output). ``native``: :func:`_out_kernels`."""
     heads, work = slopes.shape[0], slopes.dtype
     out = xp.empty((1, heads, seq_len_q, seq_len_k), dtype=work, device=device)
     last = out[0, heads - 1]
-    keys = xp.arange(seq_len_k, dtype=work, device=device)
-    queries = xp.arange(seq_len_k - seq_len_q, seq_len_k, dtype=work, device=device)
+    queries, keys = default_positions(xp, seq_len_q, seq_len_k, device=device, dtype=work)
     native.subtract(keys[None, :], queries[:, None], out=last)  # p_k - p_q
     if causal:  # keys after the query: -inf (a bool mask, a quarter of one head's bytes)
         if native is np:

@@ -476,7 +476,7 @@ def rotate(
     half = (rotary_dim // 2,)
     kernel: Kernel
     writable = name == "torch" and torch_out_kernels_ok(x, cos, sin)
-    fast = "" if is_torch_compiling() else _torch_fast_path(name, x, interleaved, work, writable)
+    fast = _torch_fast_path(name, x, interleaved, work, writable)
     # The half-table form where a compiler fuses it best: torch.compile, and XLA for
     # interleaved pairs (bfloat16 prefill 0.66x the HF-style jnp code; the folded form with a
     # flipped size-2 axis: 1.13x; float32: the same; benchmarks/README.md).

@@ -33,6 +33,7 @@ from olm_xp._compat import (
     is_concrete,
     is_jax_tracer,
     is_torch_compiling,
+    jax_lookup_or_compute,
     max_value,
     namespace_name,
     resolve_namespace,
@@ -77,29 +78,6 @@ def _xpos_decay(
     zeta = (np.arange(0, rotary_dim, 2, dtype=np.float64) + 0.4 * rotary_dim) / (1.4 * rotary_dim)
     sign = 1.0 if role == "query" else -1.0
     return Decay(sign * np.log(zeta) / xpos_scale_base, center=max_seq_len // 2)
-
-
-def _rows_table(
-    xp: ArrayNamespace,
-    device: Any,
-    dtype: Any,
-    capacity: int,
-    units: int,
-    *,
-    inv_freq: Any,
-    scale: float,
-    decay: Decay | None,
-    interleaved: bool,
-) -> Array:
-    """:func:`olm_xp.rope.table_rows` of positions ``0..capacity-1``, shaped ``(1, capacity,
-    *(1,) * units, *row)``: the ``units`` unit axes stand for x's axes between its sequence and
-    feature axes, so an offset's rows broadcast against x's pair view as they are sliced (a
-    decode step reshapes nothing)."""
-    cos, sin = cos_sin(
-        capacity, inv_freq, xp=xp, device=device, dtype=dtype, scale=scale, decay=decay
-    )
-    table = table_rows(xp, cos, sin, interleaved)
-    return xp.reshape(table, (1, capacity, *(1,) * units, *table.shape[1:]))
 
 
 @graph_constant
@@ -256,29 +234,37 @@ class RotaryBase(PositionalEmbeddingBase):
             )  # fmt: skip
 
         offset = is_jax_tracer(positions) and getattr(positions, "ndim", None) == 0
-        if not offset or self.max_seq_len * self.rotary_dim > GRAPH_TABLE_ELEMENTS:
+        if not offset or not self._table_fits_graph():
             return computed(p)
         table = self._rows(xp, device, dtype, role, 0, self.max_seq_len)[0, ...]  # concrete
+        length = table.shape[0]
+        if length * self.rotary_dim > GRAPH_TABLE_ELEMENTS:  # grown by long eager calls
+            return computed(p)
         cos_rows, sin_rows = rows_to_half(xp, table, self.interleaved)
-        last = cos_rows.shape[0] - 1
 
         def gathered(p: Array) -> tuple[Array, Array]:
-            index = xp.clip(p, 0, last)
-            return xp.take(cos_rows, index, axis=0), xp.take(sin_rows, index, axis=0)
+            return xp.take(cos_rows, p, axis=0), xp.take(sin_rows, p, axis=0)
 
-        cond = sys.modules["jax"].lax.cond
-        cos, sin = cond(xp.max(p) <= last, gathered, computed, p)
+        cos, sin = jax_lookup_or_compute(xp, p, length, gathered, computed)
         return cos, sin
+
+    def _table_fits_graph(self) -> bool:
+        """Whether the ``max_seq_len``-row table may be a constant of a compiled graph."""
+        return self.max_seq_len * self.rotary_dim <= GRAPH_TABLE_ELEMENTS
 
     def _build_rows(
         self, xp: ArrayNamespace, device: Any, dtype: Any, role: Role, units: int, capacity: int
     ) -> Array:
-        """:func:`_rows_table` for this module."""
-        return _rows_table(
-            xp, device, dtype, capacity, units,
-            inv_freq=self._inv_freq, scale=self.attention_factor, decay=self._decay(role),
-            interleaved=self.interleaved,
+        """:func:`olm_xp.rope.table_rows` of positions ``0..capacity-1``, shaped ``(1,
+        capacity, *(1,) * units, *row)``: the ``units`` unit axes stand for x's axes between its
+        sequence and feature axes, so an offset's rows broadcast against x's pair view as they
+        are sliced (a decode step reshapes nothing)."""
+        cos, sin = cos_sin(
+            capacity, self._inv_freq, xp=xp, device=device, dtype=dtype,
+            scale=self.attention_factor, decay=self._decay(role),
         )  # fmt: skip
+        table = table_rows(xp, cos, sin, self.interleaved)
+        return xp.reshape(table, (1, capacity, *(1,) * units, *table.shape[1:]))
 
     def _rows(
         self, xp: ArrayNamespace, device: Any, dtype: Any, role: Role, units: int, rows: int
@@ -314,8 +300,7 @@ class RotaryBase(PositionalEmbeddingBase):
             rows = max_value(p) + 1 if math.prod(p.shape) else 0
         units = self._units(x, seq, feature)
         if is_torch_compiling():  # the max_seq_len table, built on the host: a graph constant
-            too_big = self.max_seq_len * self.rotary_dim > GRAPH_TABLE_ELEMENTS
-            if too_big or rows > self.max_seq_len:  # a guard if Dynamo made rows symbolic
+            if not self._table_fits_graph() or rows > self.max_seq_len:  # a guard if symbolic
                 return self._traced_cos_sin(xp, x, positions, seq, role, dtype)
             halves = _table_constant(self._graph_spec, device_of(x), dtype, role)[0, ...]
             # narrow: a slice with a symbolic start would specialise (recompile every step)

@@ -19,6 +19,7 @@ from olm_xp._compat import (
     is_concrete,
     is_jax_tracer,
     is_torch_compiling,
+    jax_lookup_or_compute,
     max_value,
     namespace_name,
     resolve_namespace,
@@ -157,8 +158,7 @@ class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
 
         Under ``jax.jit`` the rows are gathered from the cached ``max_seq_len``-row table (what
         native code does) when every position is below ``max_seq_len``, else computed in-graph
-        (``lax.cond``: only one branch runs, each fusing its add), so any position stays exact;
-        ``max(positions)`` of positions sharded across devices is then one scalar all-reduce.
+        (:func:`~olm_xp._compat.jax_lookup_or_compute`; each branch fuses its add).
         Elsewhere, and for tables above :data:`~olm_xp._cache.GRAPH_TABLE_ELEMENTS`, they are
         computed in-graph.
         """
@@ -180,10 +180,9 @@ class SinusoidalPositionalEmbedding(PositionalEmbeddingBase):
         def gathered(p: Array) -> Array:
             # jnp indexing by a (batch, seq) array: no reshape merging sharded axes (XLA
             # would all-gather the positions for it)
-            return add(table[xp.clip(p, 0, rows - 1)])
+            return add(table[p])
 
-        cond = sys.modules["jax"].lax.cond
-        return cond(xp.max(positions) < rows, gathered, computed, positions)
+        return jax_lookup_or_compute(xp, positions, rows, gathered, computed)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, max_seq_len={self.max_seq_len}, base={self.base:g}"
